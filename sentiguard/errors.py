@@ -1,0 +1,94 @@
+"""One error hierarchy for sentiguard.
+
+Every message says what went wrong and what to do next. HTTP-facing errors carry their
+status and a stable `code`; the gateway renders them all through one JSON shape:
+`{"error": {"code": "...", "message": "..."}}`.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Process exit codes a supervisor can tell apart."""
+
+    OK = 0
+    ERROR = 1
+    USAGE = 2
+    # The worker cannot start: its model is missing, corrupt or does not fit. Restarting
+    # it will not help; the watchdog parks it instead of hammering it (gunicorn's
+    # APP_LOAD_ERROR plays the same role).
+    MODEL_LOAD_ERROR = 4
+    CONFIG_ERROR = 78  # EX_CONFIG from sysexits.h
+
+
+class SentiguardError(Exception):
+    """Base of every error sentiguard raises on purpose."""
+
+
+class SettingsError(SentiguardError):
+    """A setting is unknown, of the wrong type or out of range."""
+
+
+class DataError(SentiguardError):
+    """A data file cannot be read as labelled reviews; the message names the line."""
+
+
+class ModelLoadError(SentiguardError):
+    """A model cannot be loaded. `cause` is one of: missing, corrupt, import, memory."""
+
+    def __init__(self, message: str, cause: str) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class HTTPError(SentiguardError):
+    """An error answered to an HTTP client."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.headers = headers or {}
+
+    def to_json(self) -> dict[str, dict[str, str]]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class BadRequest(HTTPError):
+    status = 400
+    code = "bad_request"
+
+
+class Unauthorized(HTTPError):
+    status = 401
+    code = "unauthorized"
+
+
+class PayloadTooLarge(HTTPError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(HTTPError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class Overloaded(HTTPError):
+    status = 503
+    code = "overloaded"
