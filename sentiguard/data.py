@@ -104,7 +104,9 @@ def read_file(path: str | Path) -> Dataset:
     try:
         header = [h.strip().lower() for h in next(reader)]
     except StopIteration:
-        raise DataError(f"{path}: the file is empty. Hint: add a header line like 'label,text'.")
+        raise DataError(
+            f"{path}: the file is empty. Hint: add a header line like 'label,text'."
+        ) from None
     text_col = next((c for c in TEXT_COLUMNS if c in header), None)
     if "label" not in header or text_col is None:
         raise DataError(
