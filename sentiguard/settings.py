@@ -462,7 +462,9 @@ def _flatten(doc: Mapping[str, Any], source: str) -> Iterable[tuple[str, Any]]:
 
 
 def _unknown(name: str, source: str) -> SettingsError:
-    close = [n for n in BY_NAME if n.split(".")[-1] == name.split(".")[-1]]
+    import difflib
+
+    close = difflib.get_close_matches(name, BY_NAME, n=1, cutoff=0.75)
     hint = f"did you mean {close[0]}?" if close else "see conf/sentiguard.toml for every setting."
     return SettingsError(f"unknown setting {name!r} in {source}. Hint: {hint}")
 
