@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed
 FALLBACK := models/fallback/manifest.json
 PRIMARY := models/primary/manifest.json
 PYTEST_ARGS ?=
+APT_PACKAGES := chromium chromium-driver prometheus
 
 .PHONY: install run test check format lock bench clean
 
@@ -15,7 +16,7 @@ install: $(STAMP) $(FALLBACK) $(PRIMARY)
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --upgrade pip setuptools
 	$(BIN)/pip install --quiet -r requirements.lock
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
@@ -36,10 +37,12 @@ check: $(STAMP)
 	$(BIN)/mypy
 
 test: install check
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
-	  echo "The web UI tests need Debian's chromium and chromium-driver. Install them with:"; \
-	  echo "  sudo apt-get update && sudo apt-get install -y chromium chromium-driver"; \
-	  exit 1; }
+	@missing=""; \
+	for tool in chromium chromedriver promtool; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "make test needs:$$missing (web UI tests in Chromium, alert rules checked by promtool)."; \
+	  echo "Install them with: sudo apt-get update && sudo apt-get install -y $(APT_PACKAGES)"; \
+	  exit 1; fi
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 format: $(STAMP)
