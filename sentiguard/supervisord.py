@@ -1,0 +1,218 @@
+"""supervisord's side of sentiguard: the rendered config and an XML-RPC client.
+
+`render_supervisord_conf(settings)` turns the resolved settings into the config that
+`sentiguard up` hands to the real supervisord (the PyPI `supervisor` package, unchanged):
+
+- the control interface is `[unix_http_server]` on `<run_dir>/supervisor.sock`, mode 0700,
+  never `inet_http_server`: whoever can reach that socket can start and stop processes;
+- programs `gateway`, `primary` (numprocs = primary.workers, process names `primary_I`) and
+  `watchdog`, each started as `<this python> -m <module>` so the pid supervisord reports is
+  the serving process itself, with the resolved settings as `SENTIGUARD_*` variables so
+  every child resolves the same values whatever its own environment says;
+- the workers run with `autorestart = false` and `startsecs = 0`: the watchdog owns their
+  restarts (backoff, parking), and must see every exit and its code, including a fast exit
+  with `ExitCode.MODEL_LOAD_ERROR` that supervisord would otherwise retry on its own;
+- on shutdown supervisord stops one group at a time (watchdog, then workers, then gateway),
+  each waiting at most `stopwaitsecs` before SIGKILL to the process group, so the sum stays
+  under `service.graceful_timeout_s`.
+
+`rpc(settings)` is an XML-RPC proxy over that socket with a timeout (supervisor's own
+transport has none, and a call must not hang `sentiguard down` or the watchdog).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import sys
+import xmlrpc.client
+from pathlib import Path
+from typing import Any
+
+from sentiguard.control import UnixHTTPConnection
+from sentiguard.errors import SettingsError
+from sentiguard.settings import ROOT, Settings
+
+# Start order (lowest first); supervisord stops in the reverse order, so the watchdog stops
+# first and cannot restart a worker that shutdown just stopped, and the gateway stops last.
+PRIORITY = {"gateway": 100, "primary": 200, "watchdog": 300}
+PROGRAMS = tuple(PRIORITY)
+
+
+def run_dir(settings: Settings) -> Path:
+    return settings.path("service.run_dir")
+
+
+def log_dir(settings: Settings) -> Path:
+    return settings.path("service.log_dir")
+
+
+def socket_path(settings: Settings) -> Path:
+    return run_dir(settings) / "supervisor.sock"
+
+
+def conf_path(settings: Settings) -> Path:
+    return run_dir(settings) / "supervisord.conf"
+
+
+def pid_path(settings: Settings) -> Path:
+    return run_dir(settings) / "supervisord.pid"
+
+
+def stop_wait_s(settings: Settings) -> int:
+    """Seconds supervisord waits for one program to stop before SIGKILL.
+
+    Groups stop one after another, so three of these plus a margin fit in the graceful
+    timeout that `up` enforces as a hard deadline.
+    """
+    return max(1, (int(settings.get("service.graceful_timeout_s")) - 1) // len(PROGRAMS))
+
+
+def _ini_value(text: str) -> str:
+    # Every value in the file passes through supervisord's %(name)s expansion.
+    return text.replace("%", "%%")
+
+
+_INLINE_COMMENT = re.compile(r"\s[;#]")
+
+
+def _env_value(name: str, value: str) -> str:
+    """One value of an `environment=` line, quoted for supervisord's parser.
+
+    supervisord splits that line with a non-POSIX shlex (no escapes; quotes are kept, then
+    stripped from both ends), and its INI parser cuts at an inline comment (` ;` or ` #`).
+    A value none of that can carry is refused, naming the setting, instead of reaching the
+    children mangled.
+    """
+    quote = "'" if '"' in value else '"'
+    if (
+        (quote == "'" and "'" in value)
+        or "\n" in value
+        or _INLINE_COMMENT.search(value)
+        or value[:1] in ("'", '"')
+        or value[-1:] in ("'", '"')
+    ):
+        raise SettingsError(
+            f"{name} = {value!r} cannot be passed through supervisord's environment= line "
+            f"(quotes at its ends, both quote kinds, a newline, or ' ;'/' #'). Hint: choose "
+            f"a value without them."
+        )
+    return quote + _ini_value(value) + quote
+
+
+def _environment(settings: Settings) -> str:
+    env = {"PYTHONUNBUFFERED": "1", **settings.as_env()}
+    return ",".join(f"{k}={_env_value(k, v)}" for k, v in sorted(env.items()))
+
+
+def _command(module: str, *args: str) -> str:
+    return _ini_value(shlex.join([sys.executable, "-m", module, *args]))
+
+
+def render_supervisord_conf(settings: Settings) -> str:
+    """The supervisord config for these settings (written to `<run_dir>/supervisord.conf`)."""
+    logs = log_dir(settings)
+    log_bytes = f"{int(settings.get('service.log_max_mb'))}MB"
+    backups = int(settings.get("service.log_backups"))
+    environment = _environment(settings)
+    stopwait = stop_wait_s(settings)
+    sock = _ini_value(str(socket_path(settings)))
+
+    def program(name: str, command: str, log_name: str, **extra: Any) -> list[str]:
+        lines = [
+            f"[program:{name}]",
+            f"command = {command}",
+            f"directory = {_ini_value(str(ROOT))}",
+            f"priority = {PRIORITY[name]}",
+            "autostart = true",
+            "stopsignal = TERM",
+            f"stopwaitsecs = {stopwait}",
+            # Each child leads its own process group (supervisord calls setpgrp), so
+            # signalling the group also reaches anything the child forked.
+            "stopasgroup = true",
+            "killasgroup = true",
+            "redirect_stderr = true",
+            # log_name may hold supervisord's own %(...)s expansions; only the directory is ours.
+            f"stdout_logfile = {_ini_value(str(logs))}/{log_name}",
+            f"stdout_logfile_maxbytes = {log_bytes}",
+            f"stdout_logfile_backups = {backups}",
+            f"environment = {environment}",
+        ]
+        lines += [f"{k} = {v}" for k, v in extra.items()]
+        return [*lines, ""]
+
+    lines = [
+        "; Rendered by `sentiguard up` from the resolved settings; edits are overwritten.",
+        "",
+        "[unix_http_server]",
+        f"file = {sock}",
+        "chmod = 0700",
+        "",
+        "[supervisord]",
+        f"logfile = {_ini_value(str(logs / 'supervisord.log'))}",
+        f"logfile_maxbytes = {log_bytes}",
+        f"logfile_backups = {backups}",
+        "loglevel = info",
+        f"pidfile = {_ini_value(str(pid_path(settings)))}",
+        f"childlogdir = {_ini_value(str(logs))}",
+        "nodaemon = true",
+        "",
+        "[rpcinterface:supervisor]",
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+        "",
+        "[supervisorctl]",
+        f"serverurl = unix://{sock}",
+        "",
+    ]
+    lines += program(
+        "gateway",
+        _command("sentiguard.gateway"),
+        "gateway.log",
+        autorestart="true",
+        startsecs=1,
+        startretries=5,
+    )
+    lines += program(
+        "primary",
+        # %(process_num)d is expanded by supervisord, so it must not be escaped.
+        _command("sentiguard.primary", "--index", "PROCESS_NUM").replace(
+            "PROCESS_NUM", "%(process_num)d"
+        ),
+        "%(program_name)s_%(process_num)d.log",
+        numprocs=int(settings.get("primary.workers")),
+        numprocs_start=0,
+        process_name="%(program_name)s_%(process_num)d",
+        autorestart="false",
+        startsecs=0,
+        startretries=0,
+    )
+    lines += program(
+        "watchdog",
+        _command("sentiguard.watchdog"),
+        "watchdog.log",
+        autorestart="true",
+        startsecs=1,
+        startretries=5,
+    )
+    return "\n".join(lines)
+
+
+class _UnixTransport(xmlrpc.client.Transport):
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__()
+        self.path = path
+        self.timeout = timeout
+
+    def make_connection(self, host: Any) -> UnixHTTPConnection:
+        return UnixHTTPConnection(self.path, self.timeout)
+
+
+def rpc(settings: Settings, timeout: float = 5.0) -> Any:
+    """An XML-RPC proxy to this service's supervisord, e.g. `rpc(s).supervisor.getState()`.
+
+    Raises OSError (e.g. FileNotFoundError, ConnectionRefusedError) when supervisord is not
+    listening on `<run_dir>/supervisor.sock`.
+    """
+    return xmlrpc.client.ServerProxy(
+        "http://localhost/RPC2", transport=_UnixTransport(socket_path(settings), timeout)
+    )
