@@ -22,6 +22,7 @@ transport has none, and a call must not hang `sentiguard down` or the watchdog).
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import sys
@@ -156,6 +157,8 @@ def render_supervisord_conf(settings: Settings) -> str:
         f"pidfile = {_ini_value(str(pid_path(settings)))}",
         f"childlogdir = {_ini_value(str(logs))}",
         "nodaemon = true",
+        # As root, supervisord warns that it drops no privileges unless told whom to run as.
+        *(["user = root"] if os.geteuid() == 0 else []),
         "",
         "[rpcinterface:supervisor]",
         "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
