@@ -1,0 +1,88 @@
+"""Host resources: memory for the configured workers, writable log and run directories."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import psutil
+
+from sentiguard.doctor.report import Result, fail, ok, warn
+from sentiguard.settings import Settings
+
+# Memory the processes other than the primary workers need, measured on the embedded
+# models (RSS): the gateway with the fallback model loaded, and supervisord + watchdog.
+# docs/deploy.md and the Kubernetes limits are derived from the same numbers.
+GATEWAY_MB = 400
+SUPPORT_MB = 100
+
+
+# --- memory, directories, settings ------------------------------------------------------
+
+
+def memory_budget_mb(settings: Settings) -> int:
+    """Memory one instance may use before the watchdog recycles anything: every worker at
+    its limit, plus the gateway (with the fallback) and supervisord + watchdog."""
+    workers = int(settings.get("primary.workers"))
+    return workers * int(settings.get("watchdog.memory_limit_mb")) + GATEWAY_MB + SUPPORT_MB
+
+
+def cgroup_available_mb(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """What the container's memory limit still allows (cgroup v2, else v1); None without
+    one. psutil reports the host's memory, which a container cannot use past its limit."""
+    for limit_file, usage_file in (
+        ("memory.max", "memory.current"),
+        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes"),
+    ):
+        try:
+            limit = (root / limit_file).read_text().strip()
+            usage = int((root / usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit == "max" or int(limit) >= 1 << 60:  # v1 writes a huge number for "none"
+            return None
+        return (int(limit) - usage) / 2**20
+    return None
+
+
+def check_memory(settings: Settings, available_mb: float | None = None) -> Result:
+    if available_mb is None:
+        available_mb = psutil.virtual_memory().available / 2**20
+        in_cgroup = cgroup_available_mb()
+        if in_cgroup is not None:
+            available_mb = min(available_mb, in_cgroup)
+    need = memory_budget_mb(settings)
+    workers = int(settings.get("primary.workers"))
+    limit = int(settings.get("watchdog.memory_limit_mb"))
+    detail = (
+        f"{available_mb:.0f} MB available; needs {need} MB = {workers} workers x "
+        f"{limit} MB (watchdog.memory_limit_mb) + {GATEWAY_MB} gateway + {SUPPORT_MB} "
+        f"supervisord/watchdog"
+    )
+    if available_mb >= need * 1.2:
+        return ok("memory", detail)
+    fits = max(0, int((available_mb - GATEWAY_MB - SUPPORT_MB) // limit))
+    fix = (
+        f"free memory, or set primary.workers = {fits} (fits), or lower watchdog.memory_limit_mb"
+        if fits
+        else "free memory or add RAM: not even one worker fits at this limit"
+    )
+    if available_mb >= need:
+        return warn("memory", detail + " (less than 20 % to spare)", fix)
+    return fail("memory", detail, fix)
+
+
+def check_writable(check: str, directory: Path, setting: str) -> Result:
+    """Create `directory` if needed and write a file in it."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".doctor-") as f:
+            f.write(b"ok")
+            f.flush()
+    except OSError as e:
+        return fail(
+            check,
+            f"{directory} is not writable: {e.strerror or e}",
+            f"make it writable by this user (chown/chmod), or set {setting} elsewhere",
+        )
+    return ok(check, f"{directory} writable")
