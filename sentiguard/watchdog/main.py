@@ -1,0 +1,464 @@
+"""The watchdog process: one loop that watches every primary worker and restarts it.
+
+`Watchdog.run()` repeats, until `stop()`: wait `watchdog.interval_s`, then one round:
+
+1. ask supervisord for every worker's state and pid (one XML-RPC call);
+2. for each worker: sample its process tree's memory; collect the /health probe that
+   finished since the last round and start the next one (probes run in a thread pool,
+   one outstanding per worker, each with its own timeout, so a hung worker delays no
+   other); feed the numbers to `Policy`; hand any recycle or restart to an action thread
+   that owns the worker until it is ready again (the loop keeps watching the others);
+3. report every worker and a summary to the gateway's control socket.
+
+Every decision is one JSON line in `<log_dir>/watchdog.jsonl`. While `sentiguard reload`
+holds `<run_dir>/reload.lock`, the watchdog recycles nothing and leaves the worker being
+reloaded alone; it still restarts workers that die.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from sentiguard.logs import EventLog
+from sentiguard.settings import Settings
+from sentiguard.watchdog import memory, reload
+from sentiguard.watchdog.drain import GatewayLink
+from sentiguard.watchdog.policy import (
+    Action,
+    Cause,
+    Decision,
+    Phase,
+    Policy,
+    WorkerRecord,
+)
+from sentiguard.watchdog.probe import ProbeResult, Readiness, probe_health, probe_ready
+from sentiguard.watchdog.recycle import Recycler, StartOutcome, load_failure, worker_port
+from sentiguard.watchdog.supervisor_client import (
+    ProcessInfo,
+    ProcessState,
+    SupervisorClient,
+    SupervisorUnavailable,
+)
+
+DECISIONS_KEPT = 20
+
+
+def decision_log(settings: Settings) -> EventLog:
+    return EventLog(path=settings.path("service.log_dir") / "watchdog.jsonl")
+
+
+class Watchdog:
+    """Watches the `primary` group of supervisord. `run()` blocks; `stop()` is thread-safe.
+
+    The collaborators are parameters so tests can fake supervisord, HTTP and signals;
+    the defaults are the real ones.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        supervisor: SupervisorClient | None = None,
+        gateway: GatewayLink | None = None,
+        log: EventLog | None = None,
+        sample: Callable[[int], memory.MemorySample | None] = memory.sample,
+        health: Callable[[int, float], ProbeResult] = probe_health,
+        ready: Callable[[int, float], Readiness] = probe_ready,
+        kill: Callable[[int], list[int]] = memory.kill_tree,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.policy = Policy(settings)
+        self.interval_s = float(settings.get("watchdog.interval_s"))
+        self.probe_timeout_s = float(settings.get("watchdog.probe_timeout_ms")) / 1000
+        self.drain_timeout_s = float(settings.get("watchdog.drain_timeout_s"))
+        self.log = log or decision_log(settings)
+        self.supervisor = supervisor or SupervisorClient(settings)
+        self.gateway = gateway or GatewayLink(settings, self.log)
+        self.sample = sample
+        self.health = health
+        self.kill = kill
+        self.clock = clock
+        self.stop_event = threading.Event()
+        self.recycler = Recycler(
+            settings, self.supervisor, self.stop_event, kill=kill, ready_probe=ready
+        )
+        self.records: dict[str, WorkerRecord] = {}
+        self.lock = threading.RLock()
+        self.decisions: deque[dict[str, Any]] = deque(maxlen=DECISIONS_KEPT)
+        self.probes: dict[str, tuple[int, Future[ProbeResult]]] = {}
+        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
+        self.actions: dict[str, threading.Thread] = {}
+        self._supervisor_ok: bool | None = None
+        self._reload_seen: int | None = None
+
+    # --- process lifecycle -------------------------------------------------------------
+
+    def run(self) -> int:
+        self.log("watchdog_started", pid=os.getpid(), action="watch", **self.policy.limits())
+        try:
+            while not self.stop_event.is_set():
+                self.round()
+                self.stop_event.wait(self.interval_s)
+        finally:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            for thread in list(self.actions.values()):
+                thread.join(timeout=2.0)
+            self.log("watchdog_stopped", pid=os.getpid(), action="exit")
+        return 0
+
+    def stop(self) -> None:
+        """Ask the loop to finish its round and exit; safe from a signal handler."""
+        self.stop_event.set()
+
+    # --- one round ---------------------------------------------------------------------
+
+    def round(self) -> None:
+        """One pass of checks over every worker, then the reports to the gateway."""
+        infos = self._processes()
+        lock = reload.read_lock(self.settings)
+        self._note_reload(lock)
+        if infos is not None:
+            for name in sorted(infos):
+                self._check(self._record(name), infos[name], lock)
+        self._report(lock)
+
+    def _processes(self) -> dict[str, ProcessInfo] | None:
+        try:
+            infos = self.supervisor.processes()
+        except SupervisorUnavailable as e:
+            if self._supervisor_ok is not False:
+                self.log("supervisor_unreachable", reason=str(e), action="retry every round")
+            self._supervisor_ok = False
+            return None
+        if self._supervisor_ok is False:
+            self.log("supervisor_reachable", action="resume")
+        self._supervisor_ok = True
+        return infos
+
+    def _record(self, name: str) -> WorkerRecord:
+        with self.lock:
+            rec = self.records.get(name)
+            if rec is None:
+                rec = WorkerRecord(
+                    name=name,
+                    port=worker_port(self.settings, name),
+                    backoff=self.policy.new_backoff(),
+                    since=self.clock(),
+                )
+                self.records[name] = rec
+            return rec
+
+    def _note_reload(self, lock: reload.ReloadLock | None) -> None:
+        pid = lock.pid if lock else None
+        if pid != self._reload_seen:
+            if lock:
+                self.log(
+                    "reload_hold",
+                    reason="reload.lock",
+                    reload_pid=lock.pid,
+                    model=lock.model,
+                    action="no recycles until the reload ends",
+                )
+            else:
+                self.log("reload_released", action="resume recycles")
+            self._reload_seen = pid
+
+    def _check(self, rec: WorkerRecord, info: ProcessInfo, lock: reload.ReloadLock | None) -> None:
+        now = self.clock()
+        sample = self.sample(info.pid) if info.pid else None
+        with self.lock:
+            rec.memory = sample
+            if rec.busy:
+                return
+            if lock is not None and lock.worker == rec.name:
+                rec.pid = info.pid
+                if rec.phase is not Phase.RELOADING:
+                    rec.enter(Phase.RELOADING, now, "reload")
+                return
+            if rec.phase is Phase.RELOADING:
+                # The reload moved on: it left this worker ready on the new model.
+                rec.restarts[Cause.RELOAD.value] += 1
+                rec.enter(Phase.STARTING, now, "reloaded")
+            if info.state.alive:
+                self._check_alive(rec, info, sample, lock, now)
+            elif info.state.dead:
+                self._check_dead(rec, info, now)
+            elif info.state is ProcessState.STOPPED and rec.phase is not Phase.STOPPED:
+                rec.enter(Phase.STOPPED, now, "stopped outside the watchdog")
+                self._decide(rec, "worker_stopped", rec.reason, "leave alone until started")
+            elif info.state is ProcessState.UNKNOWN:
+                rec.enter(Phase.DOWN, now, "supervisord state UNKNOWN")
+
+    def _check_alive(
+        self,
+        rec: WorkerRecord,
+        info: ProcessInfo,
+        sample: memory.MemorySample | None,
+        lock: reload.ReloadLock | None,
+        now: float,
+    ) -> None:
+        if rec.phase is not Phase.READY or info.pid != rec.pid:
+            # Started by us, by supervisord at `up`, or by an operator: wait for /ready.
+            rec.pid = info.pid
+            if rec.phase is not Phase.STARTING:
+                rec.enter(Phase.STARTING, now, "starting")
+            self._spawn(rec, "adopt", self._adopt)
+            return
+        self.policy.on_ready_tick(rec, now)
+        decisions: list[Decision] = []
+        if sample is not None:
+            others = [o for o in self.records.values() if o is not rec]
+            d = self.policy.on_memory(rec, sample, others)
+            if d:
+                decisions.append(d)
+        probed = self._collect_probe(rec)
+        if probed is not None:
+            d = self.policy.on_probe(rec, probed)
+            if d:
+                decisions.append(d)
+        for d in decisions:
+            if d.action is Action.KILL:  # a hang outranks memory: it serves nothing at all
+                decisions = [d]
+                break
+        for d in decisions[:1]:
+            if d.action is Action.HOLD:
+                if not rec.held:
+                    self._decide(rec, "memory_hold", d.reason, d.action.value, **d.fields)
+                rec.held = True
+            elif lock is not None:
+                if not rec.held:
+                    self._decide(rec, "recycle_held", d.reason, "wait for the reload", **d.fields)
+                rec.held = True
+            else:
+                self._recycle(rec, d)
+                return
+        self._start_probe(rec)
+
+    def _check_dead(self, rec: WorkerRecord, info: ProcessInfo, now: float) -> None:
+        if rec.phase in (Phase.BACKOFF, Phase.PARKED):
+            if rec.due is not None and now >= rec.due:
+                retry = rec.phase is Phase.PARKED
+                rec.enter(Phase.STARTING, now, "park_retry" if retry else "crash")
+                rec.restarts[Cause.CRASH.value] += 1
+                self._decide(rec, "start", rec.reason, "start", attempt=rec.backoff.attempts)
+                self._spawn(rec, "start", self._start)
+            return
+        if info.state is ProcessState.BACKOFF:
+            # supervisord retrying on its own would fight our backoff: stop that.
+            with contextlib.suppress(SupervisorUnavailable):
+                self.supervisor.stop(rec.name)
+        cause = load_failure(self.supervisor.tail_log(rec.name)) if info.exitstatus == 4 else {}
+        d = self.policy.on_death(rec, info.exitstatus, now, cause)
+        died_pid = rec.pid
+        rec.pid = 0
+        if d.action is Action.PARK:
+            fix = cause.get("fix") or "check the primary model (`sentiguard doctor`)"
+            rec.enter(Phase.PARKED, now, f"cannot start ({cause.get('cause', 'exit 4')}): {fix}")
+            rec.parked_fix = fix
+            self._decide(
+                rec,
+                "park",
+                "cannot_start",
+                f"park; retry in {d.fields['retry_s']}s",
+                pid=died_pid,
+                **d.fields,
+            )
+        else:
+            rec.enter(Phase.BACKOFF, now, f"exited with status {info.exitstatus}")
+            self._decide(
+                rec,
+                "crash",
+                rec.reason,
+                f"start in {d.fields['backoff_s']}s",
+                pid=died_pid,
+                **d.fields,
+            )
+
+    # --- probes ------------------------------------------------------------------------
+
+    def _start_probe(self, rec: WorkerRecord) -> None:
+        if rec.name in self.probes or self.stop_event.is_set():
+            return
+        future = self.pool.submit(self.health, rec.port, self.probe_timeout_s)
+        self.probes[rec.name] = (rec.pid, future)
+
+    def _collect_probe(self, rec: WorkerRecord) -> ProbeResult | None:
+        pending = self.probes.get(rec.name)
+        if pending is None or not pending[1].done():
+            return None
+        del self.probes[rec.name]
+        pid, future = pending
+        # A probe of an earlier process says nothing about this one.
+        return future.result() if pid == rec.pid else None
+
+    # --- actions -----------------------------------------------------------------------
+
+    def _spawn(self, rec: WorkerRecord, what: str, target: Callable[[WorkerRecord], None]) -> None:
+        """Run `target(rec)` in a thread that owns the worker until it returns."""
+        if rec.busy or self.stop_event.is_set():
+            return
+        rec.busy = what
+        self.probes.pop(rec.name, None)
+
+        def run() -> None:
+            try:
+                target(rec)
+            except Exception as e:  # an action must never kill the watchdog
+                self._decide(rec, "action_failed", f"{type(e).__name__}: {e}", what)
+                with self.lock:
+                    rec.enter(Phase.DOWN, self.clock(), f"{what} failed: {e}")
+            finally:
+                with self.lock:
+                    rec.busy = None
+
+        thread = threading.Thread(target=run, name=f"{what}-{rec.name}", daemon=True)
+        self.actions[rec.name] = thread
+        thread.start()
+
+    def _recycle(self, rec: WorkerRecord, d: Decision) -> None:
+        hung = d.action is Action.KILL
+        cause = Cause.HANG if hung else Cause.MEMORY
+        self._decide(rec, "recycle", d.reason, d.action.value, **d.fields)
+        rec.enter(Phase.RECYCLING, self.clock(), d.reason)
+        rec.restarts[cause.value] += 1
+
+        def steps(rec: WorkerRecord) -> None:
+            detected = self.clock()
+            old_pid = rec.pid
+            # A hung worker will not finish anything in flight: do not wait for it.
+            in_flight, waited = self.gateway.drain_and_wait(
+                rec.name,
+                lambda: self.report_body(rec),
+                0.0 if hung else self.drain_timeout_s,
+                self.stop_event,
+            )
+            self._decide(
+                rec,
+                "drained",
+                d.reason,
+                "stop" if not hung else "kill",
+                in_flight=in_flight,
+                waited_s=waited,
+                gateway=in_flight is not None,
+            )
+            killed = self.recycler.take_down(rec.name, old_pid, hung)
+            if hung:
+                self._decide(
+                    rec, "killed", "hang", "SIGKILL process tree", pid=old_pid, pids=killed
+                )
+            self._bring_up(rec, detected, start=True)
+
+        self._spawn(rec, "recycle", steps)
+
+    def _start(self, rec: WorkerRecord) -> None:
+        self._bring_up(rec, self.clock(), start=True)
+
+    def _adopt(self, rec: WorkerRecord) -> None:
+        self._bring_up(rec, self.clock(), start=False)
+
+    def _bring_up(self, rec: WorkerRecord, since: float, start: bool) -> None:
+        timeout = self.policy.start_timeout_s
+        if start:
+            outcome = self.recycler.start_and_wait(rec.name, timeout)
+        else:
+            outcome = self.recycler.wait_ready(rec.name, timeout)
+        self._finish(rec, outcome, since)
+
+    def _finish(self, rec: WorkerRecord, outcome: StartOutcome, since: float) -> None:
+        now = self.clock()
+        with self.lock:
+            rec.pid = outcome.pid
+            if outcome.ready:
+                rec.model_version = outcome.model_version
+                rec.enter(Phase.READY, now, None)
+        if outcome.ready:
+            self.gateway.put_worker(rec.name, self.report_body(rec))  # undrain at once
+            self._decide(
+                rec,
+                "ready",
+                None,
+                "route",
+                pid=outcome.pid,
+                model_version=outcome.model_version,
+                waited_s=outcome.waited_s,
+                recovered_s=round(now - since, 2),
+            )
+        elif outcome.why == "timeout":
+            # Alive but never ready: treat as a crash. Killing it makes supervisord report
+            # EXITED, and the next round backs off like for any other death.
+            self._decide(
+                rec,
+                "start_timeout",
+                "not ready",
+                "SIGKILL process tree",
+                pid=outcome.pid,
+                waited_s=outcome.waited_s,
+                start_timeout_s=self.policy.start_timeout_s,
+            )
+            if outcome.pid:
+                self.kill(outcome.pid)
+            with self.lock:
+                rec.enter(Phase.STARTING, now, "start timeout")
+        elif outcome.why == "exited":
+            self._decide(
+                rec,
+                "start_failed",
+                f"exited with status {outcome.exitstatus}",
+                "back off or park",
+                pid=outcome.pid,
+                exitstatus=outcome.exitstatus,
+                waited_s=outcome.waited_s,
+            )
+            with self.lock:
+                rec.enter(Phase.STARTING, now, "exited while starting")
+
+    # --- reports -----------------------------------------------------------------------
+
+    def report_body(
+        self, rec: WorkerRecord, lock: reload.ReloadLock | None = None
+    ) -> dict[str, Any]:
+        """The PUT /control/workers/<name> body (docs/internals.md) for one worker."""
+        sample = rec.memory
+        drain = rec.phase is Phase.RECYCLING
+        if lock is not None and lock.worker == rec.name:
+            drain = lock.drain
+        return {
+            "drain": drain,
+            "state": rec.phase.value,
+            "reason": rec.reason,
+            "pid": rec.pid or None,
+            "rss_mb": sample.rss_mb if sample else None,
+            "uss_mb": sample.uss_mb if sample else None,
+            "restarts": {c.value: rec.restarts[c.value] for c in Cause},
+            "parked": rec.phase is Phase.PARKED,
+        }
+
+    def summary(self) -> dict[str, Any]:
+        limits: dict[str, Any] = {**self.policy.limits(), "interval_s": self.interval_s}
+        return {"pid": os.getpid(), "limits": limits, "decisions": list(self.decisions)[-10:]}
+
+    def _report(self, lock: reload.ReloadLock | None) -> None:
+        with self.lock:
+            bodies = {name: self.report_body(rec, lock) for name, rec in self.records.items()}
+        for name, body in sorted(bodies.items()):
+            if self.gateway.put_worker(name, body) is None:
+                return  # the gateway is away; one timeout per round is enough
+        self.gateway.put_watchdog(self.summary())
+
+    def _decide(
+        self, rec: WorkerRecord, event: str, reason: str | None, action: str, **fields: Any
+    ) -> None:
+        """Log one decision as a JSON line and keep it for the gateway's /status."""
+        record: dict[str, Any] = {"worker": rec.name, "pid": rec.pid or None, "reason": reason}
+        record.update(fields)
+        record["action"] = action
+        self.log(event, **record)
+        self.decisions.append({"event": event, **record})

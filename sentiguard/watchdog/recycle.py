@@ -1,0 +1,147 @@
+"""The steps of taking a worker down and bringing it back, shared by the watchdog and reload.
+
+A recycle is: drain at the gateway (`drain.GatewayLink`), take the worker down (a
+graceful supervisord stop, or SIGKILL of the whole tree when it is hung), start it through
+supervisord, wait until its `/ready` passes, undrain. The callers own the sequencing and
+the logging; these functions only do one step each and report what happened.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sentiguard.settings import Settings
+from sentiguard.watchdog.memory import kill_tree
+from sentiguard.watchdog.probe import Readiness, probe_ready
+from sentiguard.watchdog.supervisor_client import (
+    ProcessState,
+    SupervisorClient,
+    SupervisorUnavailable,
+)
+
+
+def worker_port(settings: Settings, name: str) -> int:
+    """primary_I listens on primary.base_port + I (docs/internals.md)."""
+    index = int(name.rsplit("_", 1)[-1])
+    return int(settings.get("primary.base_port")) + index
+
+
+@dataclass(frozen=True)
+class StartOutcome:
+    """How a wait for readiness ended.
+
+    `why` is "ready", "exited" (the process died: see `exitstatus`), "stopped" (someone
+    stopped it), "timeout" (alive but not ready in time) or "shutdown" (the waiter was
+    asked to stop).
+    """
+
+    why: str
+    pid: int = 0
+    exitstatus: int = 0
+    model_version: str | None = None
+    waited_s: float = 0.0
+
+    @property
+    def ready(self) -> bool:
+        return self.why == "ready"
+
+
+class Recycler:
+    """One step at a time of a worker's way down and back up. Safe to use from threads."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        supervisor: SupervisorClient,
+        stop: threading.Event,
+        *,
+        kill: Callable[[int], list[int]] = kill_tree,
+        ready_probe: Callable[[int, float], Readiness] = probe_ready,
+        poll_s: float = 0.2,
+    ) -> None:
+        self.settings = settings
+        self.supervisor = supervisor
+        self.stop_event = stop
+        self.kill = kill
+        self.ready_probe = ready_probe
+        self.poll_s = poll_s
+
+    def take_down(self, name: str, pid: int, hung: bool) -> list[int]:
+        """Stop the worker; when hung, SIGKILL its tree first. Returns the pids killed.
+
+        A hung worker would ignore SIGTERM and supervisord's stop would wait stopwaitsecs
+        before escalating, so we kill it ourselves and only wait for supervisord to notice.
+        """
+        killed: list[int] = []
+        if hung and pid:
+            killed = self.kill(pid)
+            deadline = time.monotonic() + 10.0
+            while time.monotonic() < deadline:
+                if not self.supervisor.info(name).state.alive:
+                    break
+                self.stop_event.wait(0.05)
+        # A no-op when the kill already left it EXITED; moves BACKOFF to STOPPED.
+        self.supervisor.stop(name)
+        return killed
+
+    def start_and_wait(
+        self, name: str, timeout_s: float, want_version: str | None = None
+    ) -> StartOutcome:
+        self.supervisor.start(name)
+        return self.wait_ready(name, timeout_s, want_version)
+
+    def wait_ready(
+        self, name: str, timeout_s: float, want_version: str | None = None
+    ) -> StartOutcome:
+        """Poll supervisord and the worker's /ready until it is ready, dies or times out.
+
+        Ready means: /ready answers 200, from the process supervisord started (when the
+        worker reports its pid) and, when `want_version` is given, with that model_version.
+        """
+        port = worker_port(self.settings, name)
+        started = time.monotonic()
+        deadline = started + timeout_s
+        pid = 0
+        while True:
+            waited = round(time.monotonic() - started, 2)
+            try:
+                info = self.supervisor.info(name)
+            except SupervisorUnavailable:
+                info = None
+            if info is not None:
+                pid = info.pid
+                if info.state.dead:
+                    return StartOutcome("exited", pid, info.exitstatus, waited_s=waited)
+                if info.state in (ProcessState.STOPPED, ProcessState.STOPPING):
+                    return StartOutcome("stopped", pid, waited_s=waited)
+                if info.state.alive:
+                    r = self.ready_probe(port, max(0.2, self.poll_s))
+                    same_process = r.pid is None or r.pid == info.pid
+                    right_model = want_version is None or r.model_version == want_version
+                    if r.ready and same_process and right_model:
+                        return StartOutcome(
+                            "ready", pid, model_version=r.model_version, waited_s=waited
+                        )
+            if time.monotonic() >= deadline:
+                return StartOutcome("timeout", pid, waited_s=waited)
+            if self.stop_event.wait(self.poll_s):
+                return StartOutcome("shutdown", pid, waited_s=waited)
+
+
+def load_failure(log_tail: str) -> dict[str, Any]:
+    """The last `model_load_failed` line a worker logged: {"cause": ..., "fix": ...} or {}."""
+    for line in reversed(log_tail.splitlines()):
+        if "model_load_failed" not in line:
+            continue
+        try:
+            record = json.loads(line[line.index("{") :])
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("event") == "model_load_failed":
+            return {k: record[k] for k in ("cause", "fix") if k in record}
+    return {}

@@ -1,0 +1,231 @@
+"""`sentiguard reload [--model DIR|ID]`: move the workers to a new model, one at a time.
+
+Files in `<run_dir>`:
+
+- `primary_model`: one line, the model directory (absolute) or hub id. A worker reads it
+  at start when it exists, overriding `primary.model`, so every later restart (by the
+  watchdog too) keeps the new model.
+- `reload.lock`: JSON `{"pid", "model", "worker", "drain"}` while a reload runs. The
+  watchdog recycles nothing while it exists, leaves `worker` to us, and reports that
+  worker's `drain` as the lock says. A lock whose pid is dead is stale and ignored.
+
+For each worker, never two at once: wait until the other workers are ready (so someone
+serves while this one is down), drain it at the gateway, wait for its in-flight requests,
+stop and start it through supervisord, wait until `/ready` passes from the new process
+(with the same model_version as the first reloaded worker), undrain. If a worker does not
+come up, the previous model is restored and the reload stops: the remaining workers keep
+serving the old model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from sentiguard.errors import ExitCode
+from sentiguard.logs import EventLog
+from sentiguard.settings import ROOT, Settings
+from sentiguard.watchdog.drain import GatewayLink
+from sentiguard.watchdog.probe import probe_ready
+from sentiguard.watchdog.recycle import Recycler, worker_port
+from sentiguard.watchdog.supervisor_client import SupervisorClient, SupervisorUnavailable
+
+
+@dataclass(frozen=True)
+class ReloadLock:
+    pid: int
+    model: str
+    worker: str | None = None
+    drain: bool = False
+
+
+def lock_path(settings: Settings) -> Path:
+    return settings.path("service.run_dir") / "reload.lock"
+
+
+def model_path(settings: Settings) -> Path:
+    """`<run_dir>/primary_model`: the model a worker loads at start, when the file exists."""
+    return settings.path("service.run_dir") / "primary_model"
+
+
+def read_lock(settings: Settings) -> ReloadLock | None:
+    """The reload in progress, or None (no lock, unreadable, or its process is gone)."""
+    try:
+        data = json.loads(lock_path(settings).read_text(encoding="utf-8"))
+        lock = ReloadLock(
+            pid=int(data["pid"]),
+            model=str(data.get("model", "")),
+            worker=data.get("worker"),
+            drain=bool(data.get("drain", False)),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return lock if psutil.pid_exists(lock.pid) else None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)  # readers see the old file or the new one, never half of one
+
+
+def write_lock(settings: Settings, lock: ReloadLock) -> None:
+    _write_atomic(lock_path(settings), json.dumps(lock.__dict__))
+
+
+def resolve_model(model: str) -> str:
+    """An existing directory (relative to here or to the project) becomes absolute; anything
+    else is taken as a hub id."""
+    for base in (Path.cwd(), ROOT):
+        candidate = (base / model).expanduser()
+        if candidate.is_dir():
+            return str(candidate.resolve())
+    return model
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+class Reload:
+    """One reload run; see the module docstring for the procedure."""
+
+    def __init__(self, settings: Settings, model: str, log: EventLog) -> None:
+        self.settings = settings
+        self.model = model
+        self.log = log
+        self.stop = threading.Event()
+        self.supervisor = SupervisorClient(settings)
+        self.gateway = GatewayLink(settings, log)
+        self.recycler = Recycler(settings, self.supervisor, self.stop)
+        self.start_timeout_s = float(settings.get("watchdog.start_timeout_s"))
+        self.drain_timeout_s = float(settings.get("watchdog.drain_timeout_s"))
+        self.version: str | None = None
+
+    def lock(self, worker: str | None, drain: bool) -> None:
+        write_lock(self.settings, ReloadLock(os.getpid(), self.model, worker, drain))
+
+    def body(self, name: str, drain: bool, pid: int | None) -> dict[str, Any]:
+        # Only what reload knows; the gateway keeps the watchdog's memory and restarts.
+        return {
+            "drain": drain,
+            "state": "reloading" if drain else "ready",
+            "reason": "reload",
+            "pid": pid,
+        }
+
+    def wait_others_ready(self, name: str, names: list[str]) -> list[str]:
+        """Wait until every other worker answers /ready; returns those that never did."""
+        deadline = time.monotonic() + self.start_timeout_s
+        waiting = [n for n in names if n != name]
+        while waiting and time.monotonic() < deadline:
+            waiting = [
+                n for n in waiting if not probe_ready(worker_port(self.settings, n), 0.5).ready
+            ]
+            if waiting:
+                time.sleep(0.2)
+        return waiting
+
+    def one(self, name: str, index: int, names: list[str]) -> bool:
+        step = f"[{index}/{len(names)}] {name}"
+        missing = self.wait_others_ready(name, names)
+        if missing:
+            _say(
+                f"{step}: {', '.join(missing)} not ready after {self.start_timeout_s:.0f}s; "
+                f"going on (the fallback answers while {name} restarts)"
+            )
+        old = self.supervisor.info(name)
+        self.lock(name, drain=True)
+        in_flight, waited = self.gateway.drain_and_wait(
+            name, lambda: self.body(name, True, old.pid), self.drain_timeout_s, self.stop
+        )
+        gateway = "gateway away" if in_flight is None else f"{in_flight} in flight"
+        _say(f"{step}: drained in {waited:.1f}s ({gateway}); restarting pid {old.pid}")
+        self.recycler.take_down(name, old.pid, hung=False)
+        outcome = self.recycler.start_and_wait(name, self.start_timeout_s, self.version)
+        self.log(
+            "reload_step",
+            worker=name,
+            pid=outcome.pid,
+            reason="reload",
+            model=self.model,
+            model_version=outcome.model_version,
+            outcome=outcome.why,
+            waited_s=outcome.waited_s,
+            action="undrain" if outcome.ready else "abort",
+        )
+        if not outcome.ready:
+            _say(
+                f"{step}: not ready ({outcome.why}, exit status {outcome.exitstatus}) after "
+                f"{outcome.waited_s:.1f}s on {self.model}"
+            )
+            return False
+        self.version = self.version or outcome.model_version
+        self.lock(name, drain=False)
+        self.gateway.put_worker(name, self.body(name, False, outcome.pid))
+        _say(
+            f"{step}: ready in {outcome.waited_s:.1f}s, pid {outcome.pid}, "
+            f"model_version {outcome.model_version}"
+        )
+        return True
+
+    def run(self) -> int:
+        names = sorted(self.supervisor.processes())
+        if not names:
+            _say("reload: supervisord runs no primary workers. Hint: check `sentiguard status`.")
+            return ExitCode.ERROR
+        path = model_path(self.settings)
+        previous = path.read_text(encoding="utf-8") if path.exists() else None
+        _write_atomic(path, self.model + "\n")
+        _say(f"reload: {len(names)} workers to {self.model}, one at a time")
+        for index, name in enumerate(names, start=1):
+            if self.one(name, index, names):
+                continue
+            if previous is None:
+                path.unlink(missing_ok=True)
+            else:
+                _write_atomic(path, previous)
+            _say(
+                f"reload: stopped; {name} goes back to the previous model through the "
+                f"watchdog, the other workers were not touched. Hint: check the model with "
+                f"`sentiguard doctor` and the worker's log ({name}.log in the log directory)."
+            )
+            with contextlib.suppress(SupervisorUnavailable):
+                self.recycler.take_down(name, 0, hung=False)
+                self.supervisor.start(name)
+            return ExitCode.ERROR
+        _say(f"reload: done, every worker serves model_version {self.version}")
+        return ExitCode.OK
+
+
+def reload(settings: Settings, model: str | None = None) -> int:
+    """Move every worker to `model` (default: primary.model) one at a time; an exit code."""
+    target = resolve_model(model or str(settings.get("primary.model")))
+    live = read_lock(settings)
+    if live is not None:
+        _say(
+            f"reload: another reload (pid {live.pid}) is running. Hint: wait for it, or "
+            f"remove {lock_path(settings)} if that process is gone."
+        )
+        return ExitCode.ERROR
+    with open(os.devnull, "w", encoding="utf-8") as quiet:
+        # Decisions go to the watchdog's log; the terminal gets the progress lines.
+        log = EventLog(stream=quiet, path=settings.path("service.log_dir") / "watchdog.jsonl")
+        job = Reload(settings, target, log)
+        try:
+            job.lock(None, drain=False)
+            return job.run()
+        except SupervisorUnavailable as e:
+            _say(f"reload: {e}")
+            return ExitCode.ERROR
+        finally:
+            lock_path(settings).unlink(missing_ok=True)
