@@ -1,0 +1,306 @@
+"""The public HTTP API of the gateway, built by `create_app(settings)`.
+
+Nothing is created at import time. `create_app` loads the fallback model (unless one is
+given), builds the worker pool, router, admission and metrics, starts the readiness
+poller, and wires the routes of DESIGN.md "HTTP API". Control routes are not here: they
+live in `control_app.py` and are served only on the unix socket.
+
+Every response, error or not, carries `X-Request-ID` and produces one JSON access-log
+line; every error is `{"error": {"code", "message"}}` from one handler.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request, send_from_directory
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+
+from sentiguard.errors import BadRequest, HTTPError, Overloaded
+from sentiguard.gateway import auth, openapi
+from sentiguard.gateway.admission import FallbackAdmission
+from sentiguard.gateway.metrics import CONTENT_TYPE, Metrics
+from sentiguard.gateway.readiness import ReadinessPoller
+from sentiguard.gateway.routing import Answer, Fallback, Router
+from sentiguard.gateway.state import GatewayState
+from sentiguard.gateway.validation import (
+    Limits,
+    check_content_type,
+    parse_analyze,
+    read_body,
+)
+from sentiguard.gateway.workers import WorkerPool
+from sentiguard.labels import label_fields
+from sentiguard.logs import EventLog, log_event
+from sentiguard.settings import Settings
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+EXTENSION = "sentiguard"
+# Endpoints that need the API key when one is configured; the rest stay open.
+KEYED_ENDPOINTS = frozenset({"analyze", "status", "metrics"})
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+PLACEHOLDER = """<!doctype html><meta charset="utf-8"><title>sentiguard</title>
+<h1>sentiguard</h1><p>The web UI files are not installed. The API answers at
+<code>POST /analyze</code>; see <a href="/openapi.json">/openapi.json</a>.</p>
+"""
+
+
+@dataclass
+class Gateway:
+    """What one app holds; `app.extensions["sentiguard"]`."""
+
+    settings: Settings
+    state: GatewayState
+    router: Router
+    metrics: Metrics
+    poller: ReadinessPoller
+    log: EventLog
+
+    def close(self) -> None:
+        """Stop background threads (tests, shutdown)."""
+        self.poller.stop()
+
+
+def load_fallback(settings: Settings) -> Fallback:
+    """The configured fallback model; raises `ModelLoadError` saying how to fix it."""
+    from sentiguard.fallback import FallbackModel
+
+    model: Fallback = FallbackModel.load(settings.path("fallback.model"))
+    return model
+
+
+def create_app(
+    settings: Settings,
+    *,
+    fallback: Fallback | None = None,
+    log: EventLog | None = None,
+    start_poller: bool = True,
+) -> Flask:
+    """Build the public app. Raises `SettingsError` for a public bind without an API key."""
+    auth.check_bind(settings)
+    log = log or log_event
+    fallback = fallback if fallback is not None else load_fallback(settings)
+    pool = WorkerPool(settings)
+    admission = FallbackAdmission(
+        settings.get("gateway.fallback_capacity"), settings.get("gateway.retry_after_s")
+    )
+    state = GatewayState(pool, admission, fallback)
+    gateway = Gateway(
+        settings=settings,
+        state=state,
+        router=Router(pool, fallback, admission, log),
+        metrics=Metrics(state),
+        poller=ReadinessPoller(pool),
+        log=log,
+    )
+    app = Flask(__name__, static_folder=None)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    app.extensions[EXTENSION] = gateway
+    _register_hooks(app, gateway)
+    _register_errors(app, gateway)
+    _register_routes(app, gateway)
+    if start_poller:
+        gateway.poller.start()
+    return app
+
+
+def gateway_of(app: Flask) -> Gateway:
+    gateway: Gateway = app.extensions[EXTENSION]
+    return gateway
+
+
+def _register_hooks(app: Flask, gateway: Gateway) -> None:
+    api_key = gateway.settings.get("gateway.api_key")
+    log_text = gateway.settings.get("gateway.log_text")
+
+    @app.before_request
+    def start() -> None:
+        g.start = time.perf_counter()
+        given = request.headers.get("X-Request-ID", "")
+        g.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        g.model = g.reason = None
+        g.n_texts = g.text_chars = 0
+        g.texts = None
+        if request.endpoint in KEYED_ENDPOINTS:
+            auth.require_key(
+                api_key, request.headers.get("Authorization"), request.headers.get("X-API-Key")
+            )
+
+    @app.after_request
+    def finish(response: Response) -> Response:
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        fields: dict[str, Any] = {
+            "request_id": g.get("request_id"),
+            "method": request.method,
+            "path": request.path,
+            "status": response.status_code,
+            "model": g.get("model"),
+            "reason": g.get("reason"),
+            "latency_ms": round((time.perf_counter() - g.get("start", 0.0)) * 1e3, 2),
+            "n_texts": g.get("n_texts", 0),
+            "text_chars": g.get("text_chars", 0),
+        }
+        if log_text and g.get("texts") is not None:
+            fields["texts"] = g.texts
+        gateway.log("access", **fields)
+        return response
+
+
+def _register_errors(app: Flask, gateway: Gateway) -> None:
+    def render(error: HTTPError) -> Response:
+        response = jsonify(error.to_json())
+        response.status_code = error.status
+        response.headers.update(error.headers)
+        if isinstance(error, Overloaded):
+            gateway.metrics.shed.inc()
+        elif 400 <= error.status < 500:
+            gateway.metrics.rejected.labels(code=error.code).inc()
+        return response
+
+    @app.errorhandler(HTTPError)
+    def ours(error: HTTPError) -> Response:
+        return render(error)
+
+    @app.errorhandler(HTTPException)
+    def werkzeug(error: HTTPException) -> Response:
+        if isinstance(error, NotFound):
+            return render(
+                HTTPError(
+                    f"no route {request.path}. The API is POST /analyze, GET /health, /ready, "
+                    f"/status, /metrics, /openapi.json; the web UI is GET /.",
+                    code="not_found",
+                    status=404,
+                )
+            )
+        if isinstance(error, MethodNotAllowed):
+            allowed = ", ".join(sorted(error.valid_methods or []))
+            return render(
+                HTTPError(
+                    f"{request.method} is not allowed on {request.path}; use {allowed}.",
+                    code="method_not_allowed",
+                    status=405,
+                    headers={"Allow": allowed},
+                )
+            )
+        status = error.code or 500
+        code = re.sub(r"\W+", "_", (error.name or "error").lower()).strip("_")
+        return render(HTTPError(error.description or code, code=code, status=status))
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception) -> Response:
+        gateway.log(
+            "gateway_error",
+            request_id=g.get("request_id"),
+            path=request.path,
+            error=f"{type(error).__name__}: {error}",
+        )
+        return render(
+            HTTPError(
+                f"internal error ({type(error).__name__}); it is logged with request id "
+                f"{g.get('request_id')}. Retry; if it repeats, report that id.",
+                code="internal_error",
+                status=500,
+            )
+        )
+
+
+def _register_routes(app: Flask, gateway: Gateway) -> None:
+    settings = gateway.settings
+    state = gateway.state
+    limits = Limits.from_settings(settings)
+    deadline_ms: int = settings.get("gateway.deadline_ms")
+
+    @app.post("/analyze")
+    def analyze() -> Response:
+        check_content_type(request.mimetype, request.mimetype_params.get("charset"))
+        body = read_body(request.stream, request.content_length, limits)
+        parsed = parse_analyze(body, limits)
+        g.n_texts = len(parsed.texts)
+        g.text_chars = sum(len(t) for t in parsed.texts)
+        g.texts = parsed.texts
+        budget_ms = _deadline_ms(request.headers.get("X-Deadline-Ms"), deadline_ms)
+        state.request_started()
+        try:
+            answer = gateway.router.route(parsed.texts, time.monotonic() + budget_ms / 1e3)
+        finally:
+            state.request_finished()
+        latency_s = time.perf_counter() - g.start
+        g.model, g.reason = answer.model, answer.reason and str(answer.reason)
+        gateway.metrics.answered(answer.model, g.reason, len(parsed.texts), latency_s)
+        results = _results(parsed.texts, answer, round(latency_s * 1e3, 2))
+        return jsonify({"results": results} if parsed.batch else results[0])
+
+    @app.get("/health")
+    def health() -> Response:
+        return jsonify(state.health())
+
+    @app.get("/ready")
+    def ready() -> Response:
+        status, body = state.ready()
+        response = jsonify(body)
+        response.status_code = status
+        return response
+
+    @app.get("/status")
+    def status() -> Response:
+        return jsonify(state.status())
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(gateway.metrics.render(), content_type=CONTENT_TYPE)
+
+    @app.get("/openapi.json")
+    def openapi_json() -> Response:
+        return jsonify(openapi.spec(settings))
+
+    @app.get("/")
+    def index() -> Response:
+        if (STATIC_DIR / "index.html").is_file():
+            return send_from_directory(STATIC_DIR, "index.html")
+        return Response(PLACEHOLDER, content_type="text/html; charset=utf-8")
+
+    @app.get("/static/<path:filename>")
+    def static_file(filename: str) -> Response:
+        return send_from_directory(STATIC_DIR, filename)
+
+
+def _deadline_ms(header: str | None, configured: int) -> int:
+    """The configured deadline, or less if the client asks (X-Deadline-Ms) for less."""
+    if header is None:
+        return configured
+    try:
+        asked = int(header)
+    except ValueError:
+        asked = 0
+    if asked <= 0:
+        raise BadRequest(
+            f"X-Deadline-Ms must be a whole number of milliseconds above 0, not {header!r}; "
+            f"omit it to use the service's {configured} ms.",
+            code="bad_deadline",
+        )
+    return min(asked, configured)
+
+
+def _results(texts: list[str], answer: Answer, latency_ms: float) -> list[dict[str, Any]]:
+    degraded = answer.model == "fallback"
+    reason = None if answer.reason is None else str(answer.reason)
+    return [
+        {
+            "text": text,
+            **label_fields(p),
+            "model": answer.model,
+            "model_version": answer.model_version,
+            "truncated": truncated,
+            "degraded": degraded,
+            "reason": reason,
+            "latency_ms": latency_ms,
+        }
+        for text, p, truncated in zip(texts, answer.p_positive, answer.truncated, strict=True)
+    ]

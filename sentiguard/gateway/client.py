@@ -1,0 +1,140 @@
+"""Pooled HTTP/1.1 client from the gateway to the primary workers.
+
+Each gateway thread keeps one keep-alive `http.client.HTTPConnection` per worker port, so
+a request costs no TCP handshake. Every call takes the request's remaining deadline: it
+is the connect timeout and the read timeout, so a hung worker costs at most that.
+
+Failures become `WorkerFailure` with a `kind` the router maps to an answer's `reason`:
+`connect` (refused, unreachable: open the breaker now), `timeout`, `error` (a 5xx, a
+non-JSON or wrong-shaped answer).
+"""
+
+from __future__ import annotations
+
+import errno
+import http.client
+import json
+import threading
+import time
+from enum import StrEnum
+from typing import Any
+
+
+class FailureKind(StrEnum):
+    CONNECT = "connect"
+    TIMEOUT = "timeout"
+    ERROR = "error"
+
+
+class WorkerFailure(Exception):
+    """A worker did not answer usefully. `kind` says how."""
+
+    def __init__(self, kind: FailureKind, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+# A keep-alive connection the worker closed (it restarted, or idled us out) fails on
+# first use with one of these before any byte of a response arrived; one retry on a new
+# connection tells that apart from a worker that is really down.
+_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+
+
+class WorkerClient:
+    """JSON over HTTP to workers on `host`; one pooled connection per (thread, port)."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self._local = threading.local()
+
+    def _pool(self) -> dict[int, http.client.HTTPConnection]:
+        pool: dict[int, http.client.HTTPConnection] | None = getattr(self._local, "pool", None)
+        if pool is None:
+            pool = self._local.pool = {}
+        return pool
+
+    def _drop(self, port: int) -> None:
+        conn = self._pool().pop(port, None)
+        if conn is not None:
+            conn.close()
+
+    def request(
+        self, method: str, port: int, path: str, body: Any, timeout_s: float
+    ) -> tuple[int, Any]:
+        """Send one request and return (status, parsed JSON body) within `timeout_s`.
+
+        Raises `WorkerFailure`; on any failure the connection is dropped, since a late
+        answer could otherwise arrive on it and be read as the next request's.
+        """
+        deadline = time.monotonic() + timeout_s
+        payload = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        pool = self._pool()
+        reused = port in pool
+        try:
+            try:
+                return self._send(method, port, path, payload, headers, deadline)
+            except _STALE:
+                self._drop(port)
+                if not reused:
+                    raise
+                return self._send(method, port, path, payload, headers, deadline)
+        except WorkerFailure:
+            self._drop(port)
+            raise
+        except TimeoutError as e:
+            self._drop(port)
+            raise WorkerFailure(FailureKind.TIMEOUT, f"no answer in {timeout_s:.3f} s") from e
+        except (ConnectionError, OSError, http.client.HTTPException) as e:
+            self._drop(port)
+            kind = FailureKind.CONNECT if _is_connect_error(e) else FailureKind.ERROR
+            raise WorkerFailure(kind, f"{type(e).__name__}: {e}") from e
+
+    def _send(
+        self,
+        method: str,
+        port: int,
+        path: str,
+        payload: bytes | None,
+        headers: dict[str, str],
+        deadline: float,
+    ) -> tuple[int, Any]:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise WorkerFailure(FailureKind.TIMEOUT, "deadline passed before sending")
+        pool = self._pool()
+        conn = pool.get(port)
+        if conn is None:
+            conn = pool[port] = http.client.HTTPConnection(self.host, port, timeout=remaining)
+        if conn.sock is not None:
+            conn.sock.settimeout(remaining)
+        else:
+            conn.timeout = remaining
+        conn.request(method, path, body=payload, headers=headers)
+        if conn.sock is not None:
+            conn.sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        response = conn.getresponse()
+        data = response.read()
+        if response.will_close:
+            self._drop(port)
+        try:
+            parsed = json.loads(data) if data else None
+        except ValueError as e:
+            raise WorkerFailure(
+                FailureKind.ERROR, f"answer is not JSON (HTTP {response.status})"
+            ) from e
+        return response.status, parsed
+
+    def close(self) -> None:
+        """Close this thread's connections."""
+        for port in list(self._pool()):
+            self._drop(port)
+
+
+def _is_connect_error(error: BaseException) -> bool:
+    return isinstance(error, ConnectionRefusedError | ConnectionAbortedError) or (
+        isinstance(error, OSError) and error.errno in _CONNECT_ERRNOS
+    )
+
+
+_CONNECT_ERRNOS = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNRESET}

@@ -1,0 +1,94 @@
+"""Background polling of each worker's GET /ready, so routing is safe without the watchdog.
+
+One daemon thread per worker (a hung worker must not delay the others' polls) asks
+`/ready` every `POLL_INTERVAL_S` with a `POLL_TIMEOUT_S` timeout and records ready, pid
+and model version in the `WorkerPool`. Requests never wait on it: they read what it last
+recorded. It also samples the worker's memory with psutil while the watchdog's numbers
+are missing or stale, so /status shows memory even without a watchdog.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psutil
+
+from sentiguard.gateway.client import FailureKind, WorkerClient, WorkerFailure
+from sentiguard.gateway.workers import Worker, WorkerPool
+
+POLL_INTERVAL_S = 0.5
+POLL_TIMEOUT_S = 0.5
+# A busy worker can miss one short poll; two timeouts in a row mean it is not answering.
+# A refused connection needs no second opinion.
+TIMEOUTS_BEFORE_NOT_READY = 2
+WATCHDOG_FRESH_S = 10.0
+
+
+class ReadinessPoller:
+    """Polls every worker of `pool` until `stop()`; `poll_once` is one pass, for tests."""
+
+    def __init__(self, pool: WorkerPool, client: WorkerClient | None = None) -> None:
+        self.pool = pool
+        self.client = client or WorkerClient()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._timeouts: dict[int, int] = {}
+
+    def start(self) -> None:
+        for worker in self.pool.workers:
+            thread = threading.Thread(
+                target=self._run, args=(worker,), name=f"ready-{worker.name}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=POLL_TIMEOUT_S + 1)
+
+    def _run(self, worker: Worker) -> None:
+        while not self._stop.is_set():
+            self.poll_once(worker)
+            self._stop.wait(POLL_INTERVAL_S)
+        self.client.close()
+
+    def poll_once(self, worker: Worker) -> None:
+        try:
+            status, body = self.client.request("GET", worker.port, "/ready", None, POLL_TIMEOUT_S)
+        except WorkerFailure as e:
+            misses = self._timeouts.get(worker.index, 0) + 1
+            if e.kind is FailureKind.TIMEOUT and misses < TIMEOUTS_BEFORE_NOT_READY:
+                self._timeouts[worker.index] = misses
+                return
+            self._timeouts[worker.index] = 0
+            reason = "unreachable" if e.kind is FailureKind.CONNECT else f"/ready {e.kind}"
+            self.pool.mark_not_ready(worker, reason)
+            return
+        self._timeouts[worker.index] = 0
+        if status == 200 and isinstance(body, dict) and body.get("ready") is True:
+            pid = body.get("pid")
+            version = body.get("model_version")
+            self.pool.mark_ready(
+                worker,
+                pid if isinstance(pid, int) else None,
+                str(version) if version is not None else None,
+            )
+            self._sample_memory(worker)
+        else:
+            said = body.get("reason") if isinstance(body, dict) else None
+            self.pool.mark_not_ready(worker, str(said or f"/ready answered {status}"))
+
+    def _sample_memory(self, worker: Worker) -> None:
+        fresh = worker.report_at is not None and (
+            time.monotonic() - worker.report_at < WATCHDOG_FRESH_S
+        )
+        if fresh or worker.pid is None:
+            return
+        try:
+            info = psutil.Process(worker.pid).memory_full_info()
+        except (psutil.Error, OSError):
+            return
+        worker.rss_mb = round(info.rss / 2**20, 1)
+        worker.uss_mb = round(getattr(info, "uss", info.rss) / 2**20, 1)

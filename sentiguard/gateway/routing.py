@@ -1,0 +1,144 @@
+"""Where a request goes: a primary worker within the deadline, else the fallback.
+
+`Router.route(texts, deadline)` never raises for a primary failure. It asks the pool for
+the least-loaded usable worker and sends all the texts to it in one `POST /predict` with
+the time left as connect and read timeout. What cannot be answered by a worker is
+answered by the in-process fallback, with the reason:
+
+- no worker ready, drained or all breakers open -> `primary_down`
+- workers ready but none with room                -> `overloaded`
+- the worker timed out                            -> `primary_timeout`
+- refused, reset, 5xx or a malformed answer       -> `primary_error`
+
+A refused connection costs nothing, so the request gets one more try on another worker
+before it falls back. The fallback itself is bounded by `FallbackAdmission`; when it is
+full, `route` raises `Overloaded` (503 + Retry-After), the only error a client sees.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sentiguard.gateway.admission import FallbackAdmission
+from sentiguard.gateway.client import FailureKind, WorkerClient, WorkerFailure
+from sentiguard.gateway.workers import Reason, Worker, WorkerPool
+from sentiguard.logs import EventLog
+
+
+class Fallback(Protocol):
+    """The contract of `sentiguard.fallback.FallbackModel` the gateway relies on."""
+
+    version: str
+
+    def predict_proba(self, texts: list[str]) -> list[float]: ...
+
+
+@dataclass
+class Answer:
+    """Probabilities for `texts`, in input order, and who gave them."""
+
+    p_positive: list[float]
+    truncated: list[bool]
+    model: str  # "primary" | "fallback"
+    model_version: str
+    reason: Reason | None
+    worker: str | None = None
+
+
+class Router:
+    def __init__(
+        self,
+        pool: WorkerPool,
+        fallback: Fallback,
+        admission: FallbackAdmission,
+        log: EventLog,
+        client: WorkerClient | None = None,
+    ) -> None:
+        self.pool = pool
+        self.fallback = fallback
+        self.admission = admission
+        self.log = log
+        self.client = client or WorkerClient()
+
+    def route(self, texts: list[str], deadline: float) -> Answer:
+        """Answer `texts` before the monotonic `deadline` if a worker can; else the fallback."""
+        reason: Reason | None = None
+        for _attempt in range(2):
+            worker, why_not = self.pool.acquire()
+            if worker is None:
+                # A worker that just failed explains more than "none is left".
+                reason = reason or why_not
+                break
+            try:
+                if time.monotonic() >= deadline:
+                    # Not the worker's fault: give back a probe slot it may have lent us.
+                    worker.breaker.release()
+                    reason = reason or Reason.PRIMARY_TIMEOUT
+                    break
+                return self._ask(worker, texts, deadline)
+            except WorkerFailure as e:
+                reason = (
+                    Reason.PRIMARY_TIMEOUT
+                    if e.kind is FailureKind.TIMEOUT
+                    else (Reason.PRIMARY_ERROR)
+                )
+                self._record_failure(worker, e)
+                if e.kind is not FailureKind.CONNECT or time.monotonic() >= deadline:
+                    break
+            finally:
+                self.pool.release(worker)
+        return self._fallback(texts, reason or Reason.PRIMARY_DOWN)
+
+    def _ask(self, worker: Worker, texts: list[str], deadline: float) -> Answer:
+        remaining = max(deadline - time.monotonic(), 0.001)
+        status, body = self.client.request(
+            "POST", worker.port, "/predict", {"texts": texts}, remaining
+        )
+        answer = _parse_predict(status, body, len(texts))
+        worker.breaker.success()
+        answer.worker = worker.name
+        return answer
+
+    def _record_failure(self, worker: Worker, failure: WorkerFailure) -> None:
+        connection = failure.kind is FailureKind.CONNECT
+        worker.breaker.failure(str(failure), connection=connection)
+        if connection:
+            self.pool.mark_not_ready(worker, "unreachable")
+        self.log(
+            "primary_failed",
+            worker=worker.name,
+            pid=worker.pid,
+            kind=str(failure.kind),
+            reason=str(failure),
+            breaker=str(worker.breaker.state),
+        )
+
+    def _fallback(self, texts: list[str], reason: Reason) -> Answer:
+        with self.admission.slot():
+            probabilities = self.fallback.predict_proba(texts)
+        return Answer(
+            p_positive=[float(p) for p in probabilities],
+            truncated=[False] * len(texts),
+            model="fallback",
+            model_version=self.fallback.version,
+            reason=reason,
+        )
+
+
+def _parse_predict(status: int, body: Any, n: int) -> Answer:
+    """Check a worker's /predict answer against the contract; a wrong one is an error."""
+    if status != 200:
+        detail = body.get("error") if isinstance(body, dict) else None
+        raise WorkerFailure(FailureKind.ERROR, f"/predict answered HTTP {status}: {detail}")
+    try:
+        results = body["results"]
+        if len(results) != n:
+            raise ValueError(f"{len(results)} results for {n} texts")
+        p = [float(r["p_positive"]) for r in results]
+        truncated = [bool(r.get("truncated", False)) for r in results]
+        version = str(body["model_version"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise WorkerFailure(FailureKind.ERROR, f"/predict answer breaks the contract: {e}") from e
+    return Answer(p, truncated, "primary", version, None)

@@ -1,0 +1,114 @@
+"""Everything the gateway holds, and the /health, /ready and /status bodies built from it.
+
+These bodies are built from memory only, never by asking a worker (which may be hung),
+so the three endpoints answer at once whatever the workers do.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sentiguard.gateway.admission import FallbackAdmission
+from sentiguard.gateway.routing import Fallback
+from sentiguard.gateway.workers import WorkerPool
+
+# The watchdog reports every second or so; ten seconds of silence means it is gone.
+WATCHDOG_STALE_S = 10.0
+
+
+@dataclass
+class WatchdogReport:
+    """The last `PUT /control/watchdog` body and when it came."""
+
+    body: dict[str, Any] = field(default_factory=dict)
+    received_at: float | None = None
+
+    def view(self) -> dict[str, Any]:
+        age = None if self.received_at is None else time.monotonic() - self.received_at
+        return {
+            "pid": self.body.get("pid"),
+            "limits": self.body.get("limits", {}),
+            "decisions": self.body.get("decisions", []),
+            "last_report_age_s": None if age is None else round(age, 1),
+            "stale": age is None or age > WATCHDOG_STALE_S,
+        }
+
+
+class GatewayState:
+    """Shared by the public app, the control app, the router and the server's shutdown."""
+
+    def __init__(self, pool: WorkerPool, admission: FallbackAdmission, fallback: Fallback) -> None:
+        self.pool = pool
+        self.admission = admission
+        self.fallback = fallback
+        self.watchdog = WatchdogReport()
+        self.shutting_down = threading.Event()
+        self._lock = threading.Lock()
+        self._active = 0
+
+    # Requests being answered, so a SIGTERM can drain them before the process exits.
+    def request_started(self) -> None:
+        with self._lock:
+            self._active += 1
+
+    def request_finished(self) -> None:
+        with self._lock:
+            self._active -= 1
+
+    @property
+    def active_requests(self) -> int:
+        with self._lock:
+            return self._active
+
+    def record_watchdog(self, body: dict[str, Any]) -> None:
+        self.watchdog = WatchdogReport(body=body, received_at=time.monotonic())
+
+    def health_reasons(self) -> list[str]:
+        """Why the service is degraded, in an operator's words; empty when all is well."""
+        reasons: list[str] = []
+        workers = self.pool.snapshot()
+        for w in workers:
+            if w["state"] == "parked":
+                reasons.append(f"{w['name']} is parked (cannot start): {w['reason']}")
+            elif not w["ready"] or w["drain"]:
+                reasons.append(f"{w['name']} is not serving: {w['state']} ({w['reason']})")
+            elif w["breaker"] != "closed":
+                reasons.append(f"{w['name']} breaker {w['breaker']}: {w['reason']}")
+        if not any(w["ready"] and not w["drain"] for w in workers):
+            reasons.insert(0, "no primary worker is ready: the fallback answers every request")
+        watchdog = self.watchdog.view()
+        if watchdog["stale"] and self.watchdog.received_at is not None:
+            # Never reported is a start-up, not a fault; silence after reports is.
+            reasons.append(
+                f"the watchdog has not reported for {watchdog['last_report_age_s']} s: "
+                f"workers are not restarted; check `sentiguard status` and logs/watchdog.jsonl"
+            )
+        if self.shutting_down.is_set():
+            reasons.insert(0, "shutting down: finishing in-flight requests")
+        return reasons
+
+    def health(self) -> dict[str, Any]:
+        reasons = self.health_reasons()
+        return {"status": "degraded" if reasons else "ok", "reasons": reasons}
+
+    def ready(self) -> tuple[int, dict[str, Any]]:
+        """200 whenever the gateway can answer (the fallback counts); 503 while stopping."""
+        primary = self.pool.any_ready()
+        if self.shutting_down.is_set():
+            return 503, {"ready": False, "primary_ready": primary, "reason": "shutting_down"}
+        return 200, {"ready": True, "primary_ready": primary}
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "workers": self.pool.snapshot(),
+            "fallback": {
+                "capacity": self.admission.capacity,
+                "in_use": self.admission.in_use,
+                "shed_total": self.admission.shed_total,
+                "model_version": self.fallback.version,
+            },
+            "watchdog": self.watchdog.view(),
+        }

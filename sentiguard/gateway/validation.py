@@ -1,0 +1,159 @@
+"""Turning a POST /analyze body into a list of texts, or one precise 4xx.
+
+Checks run cheapest first, each with its own error code, and each message says what to
+send instead: content type (415) -> body size (413) -> UTF-8 -> JSON nesting depth (before
+parsing, so a hostile `[[[[...` never reaches the recursive parser) -> JSON -> shape ->
+each text (a batch names the index of its first bad item).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import IO, Any
+
+from sentiguard.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from sentiguard.settings import Settings
+
+# "Unrolled" string literal: linear time on a 2 MB body.
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_bytes: int
+    max_json_depth: int
+    max_texts: int
+    max_text_chars: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        g = settings.gateway
+        return cls(g["max_body_bytes"], g["max_json_depth"], g["max_texts"], g["max_text_chars"])
+
+
+@dataclass(frozen=True)
+class AnalyzeRequest:
+    texts: list[str]
+    batch: bool  # True for {"texts": [...]}: answer {"results": [...]}
+
+
+def check_content_type(mimetype: str, charset: str | None) -> None:
+    if mimetype != "application/json":
+        raise UnsupportedMediaType(
+            f"Content-Type must be application/json, not {mimetype or 'missing'}. "
+            f'Send a JSON body like {{"text": "这家店很好吃"}} with that header.'
+        )
+    if charset and charset.lower().replace("-", "") != "utf8":
+        raise UnsupportedMediaType(
+            f"charset {charset} is not supported: encode the body as UTF-8 "
+            f"(Content-Type: application/json; charset=utf-8)."
+        )
+
+
+def read_body(stream: IO[bytes], content_length: int | None, limits: Limits) -> bytes:
+    """Read at most `max_body_bytes`; more, announced or sent, is a 413."""
+    too_large = PayloadTooLarge(
+        f"the request body is larger than {limits.max_body_bytes} bytes. Split the texts "
+        f"into several requests of at most {limits.max_texts} texts each."
+    )
+    if content_length is not None and content_length > limits.max_body_bytes:
+        raise too_large
+    data = stream.read(limits.max_body_bytes + 1)
+    if len(data) > limits.max_body_bytes:
+        raise too_large
+    return data
+
+
+def json_depth(text: str) -> int:
+    """Deepest nesting of arrays/objects, counting brackets outside string literals."""
+    depth = deepest = 0
+    for match in _BRACKET.finditer(_STRING.sub('""', text)):
+        if match.group() in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+def parse_analyze(data: bytes, limits: Limits) -> AnalyzeRequest:
+    """Validate a body already read by `read_body`; raise a `HTTPError` subclass if bad."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRequest(
+            f"the body is not valid UTF-8 (bad byte at offset {e.start}). Encode the "
+            f"JSON body as UTF-8.",
+            code="invalid_utf8",
+        ) from None
+    if json_depth(text) > limits.max_json_depth:
+        raise BadRequest(
+            f"the JSON is nested deeper than {limits.max_json_depth} levels. Send "
+            f'{{"text": "..."}} or {{"texts": ["...", ...]}}.',
+            code="json_too_deep",
+        )
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise BadRequest(
+            f"the body is not valid JSON ({e}). Send "
+            f'{{"text": "..."}} or {{"texts": ["...", ...]}}.',
+            code="invalid_json",
+        ) from None
+    return _shape(doc, limits)
+
+
+def _shape(doc: Any, limits: Limits) -> AnalyzeRequest:
+    if not isinstance(doc, dict) or ("text" in doc) == ("texts" in doc):
+        raise BadRequest(
+            'the body must be a JSON object with exactly one of "text" (a string) or '
+            '"texts" (a list of strings), e.g. {"text": "这家店很好吃"}.',
+            code="missing_text",
+        )
+    if "text" in doc:
+        return AnalyzeRequest([_check_text(doc["text"], None, limits)], batch=False)
+    texts = doc["texts"]
+    if not isinstance(texts, list) or not texts:
+        raise BadRequest(
+            '"texts" must be a non-empty list of strings, e.g. {"texts": ["好", "差"]}.',
+            code="bad_texts",
+        )
+    if len(texts) > limits.max_texts:
+        raise BadRequest(
+            f"{len(texts)} texts in one request; the limit is {limits.max_texts}. Split "
+            f"them into several requests.",
+            code="too_many_texts",
+        )
+    return AnalyzeRequest([_check_text(t, i, limits) for i, t in enumerate(texts)], batch=True)
+
+
+def _check_text(value: Any, index: int | None, limits: Limits) -> str:
+    where = "text" if index is None else f"texts[{index}]"
+    if not isinstance(value, str):
+        raise BadRequest(
+            f"{where} is a {type(value).__name__}, not a string. Send the review as a JSON string.",
+            code="not_a_string",
+        )
+    if not value.strip():
+        raise BadRequest(
+            f"{where} is empty. Send a review with at least one visible character.",
+            code="empty_text",
+        )
+    if len(value) > limits.max_text_chars:
+        raise BadRequest(
+            f"{where} has {len(value)} characters; the limit is {limits.max_text_chars}. "
+            f"Shorten it or split it into several texts.",
+            code="text_too_long",
+        )
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(
+            f"{where} contains an unpaired surrogate escape (\\ud800-\\udfff), which is "
+            f"not valid Unicode text. Send the review as UTF-8 text.",
+            code="invalid_utf8",
+        ) from None
+    return value

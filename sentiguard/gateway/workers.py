@@ -1,0 +1,212 @@
+"""What the gateway knows about each primary worker, and which one gets the next request.
+
+A `Worker` is `primary_I` on `127.0.0.1:(primary.base_port + I)`. Three sources update
+it, none of them on a request's path:
+
+- the readiness poller (`readiness.py`): `ready`, `pid`, `model_version`, memory;
+- the watchdog, through the control socket (`apply_report`): `drain`, its view of the
+  state, memory, restarts by cause, `parked`;
+- the router: `in_flight` and the breaker's outcomes.
+
+`WorkerPool.acquire()` picks, under one lock, the usable worker (ready, not drained,
+breaker allowing) with the fewest outstanding requests and room below
+`max_in_flight_per_worker`, and counts the request against it; `release()` gives it back.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from sentiguard.gateway.breaker import Breaker, BreakerState
+from sentiguard.settings import Settings
+
+# supervisord states (and the watchdog's own "parked") that mean no process serves.
+DEAD_STATES = frozenset({"STOPPED", "STOPPING", "EXITED", "FATAL", "BACKOFF", "UNKNOWN", "PARKED"})
+
+
+class Reason(StrEnum):
+    """Why the fallback answered: the `reason` field of an answer."""
+
+    PRIMARY_DOWN = "primary_down"
+    OVERLOADED = "overloaded"
+    PRIMARY_TIMEOUT = "primary_timeout"
+    PRIMARY_ERROR = "primary_error"
+
+
+@dataclass
+class Worker:
+    index: int
+    port: int
+    breaker: Breaker
+    in_flight: int = 0
+    # From the readiness poller.
+    ready: bool = False
+    pid: int | None = None
+    model_version: str | None = None
+    not_ready_reason: str | None = "not polled yet"
+    rss_mb: float | None = None
+    uss_mb: float | None = None
+    # From the watchdog.
+    drain: bool = False
+    drained_pid: int | None = None
+    reported_state: str | None = None
+    reported_reason: str | None = None
+    restarts: dict[str, int] = field(default_factory=dict)
+    parked: bool = False
+    report_at: float | None = None
+
+    @property
+    def name(self) -> str:
+        return f"primary_{self.index}"
+
+    @property
+    def state(self) -> str:
+        """One word for an operator: the watchdog's state when it has one, else our own view."""
+        if self.parked:
+            return "parked"
+        if self.drain:
+            return "draining"
+        if self.reported_state and self.reported_state.upper() in DEAD_STATES:
+            return self.reported_state.lower()
+        if self.ready:
+            return "ready"
+        return "loading" if self.not_ready_reason == "loading" else "down"
+
+    def usable(self) -> bool:
+        return self.ready and not self.drain and not self.parked and self.breaker.would_allow()
+
+
+class WorkerPool:
+    """The workers and the lock that keeps `in_flight` and the choice of worker consistent."""
+
+    def __init__(self, settings: Settings) -> None:
+        base = settings.get("primary.base_port")
+        open_s = settings.get("gateway.breaker_open_s")
+        self.max_in_flight: int = settings.get("gateway.max_in_flight_per_worker")
+        self.workers = [
+            Worker(index=i, port=base + i, breaker=Breaker(open_s))
+            for i in range(settings.get("primary.workers"))
+        ]
+        self._lock = threading.Lock()
+        self._turn = 0
+
+    def by_name(self, name: str) -> Worker | None:
+        return next((w for w in self.workers if w.name == name), None)
+
+    def acquire(self) -> tuple[Worker | None, Reason | None]:
+        """Reserve a slot on the best worker, or say why none: primary_down or overloaded."""
+        with self._lock:
+            usable = [w for w in self.workers if w.usable()]
+            if not usable:
+                return None, Reason.PRIMARY_DOWN
+            roomy = [w for w in usable if w.in_flight < self.max_in_flight]
+            if not roomy:
+                return None, Reason.OVERLOADED
+            # Ties go round-robin so light load spreads over every worker.
+            self._turn += 1
+            n = len(self.workers)
+            roomy.sort(key=lambda w: (w.in_flight, (w.index - self._turn) % n))
+            for worker in roomy:
+                if worker.breaker.allow():
+                    worker.in_flight += 1
+                    return worker, None
+            return None, Reason.PRIMARY_DOWN
+
+    def release(self, worker: Worker) -> None:
+        with self._lock:
+            worker.in_flight -= 1
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return sum(w.in_flight for w in self.workers)
+
+    # --- readiness poller -------------------------------------------------------------
+
+    def mark_ready(self, worker: Worker, pid: int | None, model_version: str | None) -> None:
+        with self._lock:
+            if pid is not None and pid != worker.pid:
+                # A new process: whatever the breaker learnt about the old one is moot,
+                # and a drain the watchdog asked for the old pid is done.
+                worker.breaker.reset()
+                if worker.drain and worker.drained_pid is not None:
+                    worker.drain = False
+                    worker.drained_pid = None
+                if (worker.reported_state or "").upper() in DEAD_STATES:
+                    worker.reported_state = None
+                    worker.reported_reason = None
+                worker.parked = False
+                worker.rss_mb = worker.uss_mb = None
+            worker.ready = True
+            worker.pid = pid
+            worker.model_version = model_version
+            worker.not_ready_reason = None
+
+    def mark_not_ready(self, worker: Worker, reason: str) -> None:
+        with self._lock:
+            worker.ready = False
+            worker.not_ready_reason = reason
+
+    # --- watchdog reports -------------------------------------------------------------
+
+    def apply_report(self, worker: Worker, report: dict[str, Any]) -> dict[str, Any]:
+        """Apply a watchdog PUT /control/workers/<name> body; answer name, in_flight, drain."""
+        with self._lock:
+            if "drain" in report:
+                drain = bool(report["drain"])
+                if drain and not worker.drain:
+                    worker.drained_pid = report.get("pid") or worker.pid
+                    worker.breaker.trip("drained by the watchdog")
+                worker.drain = drain
+                if not drain:
+                    worker.drained_pid = None
+            state = report.get("state")
+            if isinstance(state, str):
+                worker.reported_state = state
+            worker.reported_reason = report.get("reason")
+            for key in ("rss_mb", "uss_mb"):
+                if isinstance(report.get(key), int | float):
+                    setattr(worker, key, float(report[key]))
+            restarts = report.get("restarts")
+            if isinstance(restarts, dict):
+                worker.restarts = {str(k): int(v) for k, v in restarts.items()}
+            worker.parked = bool(report.get("parked", False))
+            worker.report_at = time.monotonic()
+            dead = isinstance(state, str) and state.upper() in DEAD_STATES
+            if dead or worker.parked:
+                worker.ready = False
+                worker.not_ready_reason = worker.reported_reason or state or "parked"
+                worker.breaker.trip(f"watchdog reports {state or 'parked'}")
+            return {"name": worker.name, "in_flight": worker.in_flight, "drain": worker.drain}
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """The `workers` list of /status."""
+        with self._lock:
+            return [
+                {
+                    "name": w.name,
+                    "pid": w.pid,
+                    "port": w.port,
+                    "state": w.state,
+                    "ready": w.ready,
+                    "rss_mb": w.rss_mb,
+                    "uss_mb": w.uss_mb,
+                    "restarts": dict(w.restarts),
+                    "breaker": str(w.breaker.state),
+                    "in_flight": w.in_flight,
+                    "drain": w.drain,
+                    "model_version": w.model_version,
+                    "reason": w.reported_reason or w.not_ready_reason or w.breaker.reason,
+                }
+                for w in self.workers
+            ]
+
+    def any_ready(self) -> bool:
+        with self._lock:
+            return any(w.ready and not w.drain for w in self.workers)
+
+    def open_breakers(self) -> list[str]:
+        return [w.name for w in self.workers if w.breaker.state is BreakerState.OPEN]
