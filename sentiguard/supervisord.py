@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import socket
 import sys
 import xmlrpc.client
 from pathlib import Path
@@ -200,6 +201,19 @@ def render_supervisord_conf(settings: Settings) -> str:
     return "\n".join(lines)
 
 
+class _UnixConnection(UnixHTTPConnection):
+    def connect(self) -> None:
+        # Unlike the base class, close the socket when nothing listens instead of leaking it.
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.unix_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
 class _UnixTransport(xmlrpc.client.Transport):
     def __init__(self, path: Path, timeout: float) -> None:
         super().__init__()
@@ -207,7 +221,7 @@ class _UnixTransport(xmlrpc.client.Transport):
         self.timeout = timeout
 
     def make_connection(self, host: Any) -> UnixHTTPConnection:
-        return UnixHTTPConnection(self.path, self.timeout)
+        return _UnixConnection(self.path, self.timeout)
 
 
 def rpc(settings: Settings, timeout: float = 5.0) -> Any:

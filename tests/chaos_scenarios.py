@@ -1,0 +1,430 @@
+"""Fault scenarios against a running service: the one copy tests and bench/chaos.py share.
+
+Each scenario drives bounded, closed-loop traffic at 127.0.0.1 (`Load`), injects one fault,
+watches the gateway's /status (`Monitor`) and returns a `Result` of counts and timings. The
+tests assert on the counts (zero failures, reasons present, workers back) and on deadlines
+the contract names (replaced within 5 s, no request past its deadline + 100 ms); the
+benchmark runs the same code longer and prints the numbers.
+
+Timings: *detect* is fault -> the gateway stops counting the worker as ready (or, for a
+hang, fault -> supervisord runs a new process for it); *recover* is fault -> the worker is
+ready again with a new pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.harness import ServiceHandle, wait_until
+
+TEXTS = (
+    "这家店的菜很好吃，服务也热情，下次还来。",
+    "质量太差了，用了两天就坏了，非常失望。",
+    "物流很快，包装完好，和描述的一样。",
+    "客服态度恶劣，退货也不给退。",
+    "房间干净整洁，位置方便，性价比很高。",
+    "等了一个小时还没上菜，再也不来了。",
+)
+
+
+@dataclass
+class Sample:
+    """One request as a client saw it."""
+
+    start: float  # time.monotonic()
+    latency_s: float
+    status: int  # 0: no HTTP answer at all (connection error, timeout)
+    model: str | None = None
+    reason: str | None = None
+    retry_after: str | None = None
+    error: str | None = None
+
+
+class Load:
+    """`clients` threads, each sending POST /analyze back to back over a kept-alive connection."""
+
+    def __init__(self, port: int, clients: int, timeout_s: float = 10.0) -> None:
+        self.port = port
+        self.clients = clients
+        self.timeout_s = timeout_s
+        self.samples: list[Sample] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(clients)
+        ]
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(self.timeout_s + 5)
+
+    def _client(self, index: int) -> None:
+        rng = random.Random(index)
+        conn: http.client.HTTPConnection | None = None
+        headers = {"Content-Type": "application/json"}
+        while not self._stop.is_set():
+            body = json.dumps({"text": rng.choice(TEXTS)}, ensure_ascii=False).encode()
+            start = time.monotonic()
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection(
+                        "127.0.0.1", self.port, timeout=self.timeout_s
+                    )
+                conn.request("POST", "/analyze", body=body, headers=headers)
+                response = conn.getresponse()
+                data = response.read()
+                sample = Sample(start, time.monotonic() - start, response.status)
+                sample.retry_after = response.getheader("Retry-After")
+                with contextlib.suppress(ValueError):
+                    doc = json.loads(data)
+                    if isinstance(doc, dict):
+                        sample.model, sample.reason = doc.get("model"), doc.get("reason")
+                if response.getheader("Connection", "").lower() == "close":
+                    conn.close()
+                    conn = None
+            except (OSError, http.client.HTTPException) as e:
+                sample = Sample(start, time.monotonic() - start, 0, error=repr(e))
+                if conn is not None:
+                    conn.close()
+                conn = None
+            with self._lock:
+                self.samples.append(sample)
+        if conn is not None:
+            conn.close()
+
+    def snapshot(self) -> list[Sample]:
+        with self._lock:
+            return list(self.samples)
+
+
+@dataclass
+class Observation:
+    at: float
+    workers: dict[str, dict[str, Any]]
+
+
+class Monitor:
+    """Polls /status in the background, keeping a timeline of each worker's pid and ready."""
+
+    def __init__(self, service: ServiceHandle, interval_s: float = 0.1) -> None:
+        self.service = service
+        self.interval_s = interval_s
+        self.timeline: list[Observation] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Monitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            at = time.monotonic()
+            with contextlib.suppress(OSError, ValueError, http.client.HTTPException):
+                workers = {w["name"]: w for w in self.service.get("/status", 2.0).body["workers"]}
+                self.timeline.append(Observation(at, workers))
+            self._stop.wait(self.interval_s)
+
+    def first(self, after: float, name: str, test: Any) -> float | None:
+        """Seconds from `after` to the first observation where `test(worker)` holds."""
+        for obs in list(self.timeline):
+            worker = obs.workers.get(name)
+            if obs.at >= after and worker is not None and test(worker):
+                return obs.at - after
+        return None
+
+
+@dataclass
+class FaultTiming:
+    worker: str
+    pid: int
+    detect_s: float | None
+    recover_s: float | None
+    replaced_s: float | None = None  # hang: until supervisord ran a new process
+
+
+@dataclass
+class Result:
+    """Counts and timings of one scenario run."""
+
+    scenario: str
+    duration_s: float
+    samples: list[Sample] = field(repr=False, default_factory=list)
+    faults: list[FaultTiming] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def statuses(self) -> Counter[int]:
+        return Counter(s.status for s in self.samples)
+
+    @property
+    def failures(self) -> list[Sample]:
+        return [s for s in self.samples if s.status != 200]
+
+    @property
+    def by_model(self) -> Counter[str]:
+        return Counter(f"{s.model}/{s.reason}" for s in self.samples if s.status == 200)
+
+    def latency_quantile(self, q: float, answered_only: bool = True) -> float:
+        values = sorted(s.latency_s for s in self.samples if s.status == 200 or not answered_only)
+        if not values:
+            return float("nan")
+        return values[min(len(values) - 1, int(q * len(values)))]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario,
+            "duration_s": round(self.duration_s, 1),
+            "requests": len(self.samples),
+            "statuses": dict(self.statuses),
+            "answers": dict(self.by_model),
+            "p50_ms": round(self.latency_quantile(0.50) * 1000, 1),
+            "p99_ms": round(self.latency_quantile(0.99) * 1000, 1),
+            "max_ms": round(max((s.latency_s for s in self.samples), default=0) * 1000, 1),
+            "faults": [vars(f) for f in self.faults],
+            **self.extra,
+        }
+
+
+def _ready_with_new_pid(pid: int) -> Any:
+    return lambda w: w.get("ready") and w.get("pid") not in (None, pid)
+
+
+def _not_ready(pid: int) -> Any:
+    return lambda w: not w.get("ready") or w.get("pid") != pid or w.get("state") != "ready"
+
+
+@contextlib.contextmanager
+def _running(service: ServiceHandle, clients: int) -> Iterator[tuple[Load, Monitor]]:
+    with Monitor(service) as monitor, Load(service.port, clients) as load:
+        yield load, monitor
+
+
+def kill(
+    service: ServiceHandle,
+    duration_s: float = 30.0,
+    every_s: float = 5.0,
+    clients: int = 16,
+    seed: int = 4,
+    recover_timeout_s: float = 120.0,
+) -> Result:
+    """SIGKILL a random running worker every `every_s` for `duration_s` under load."""
+    rng = random.Random(seed)
+    start = time.monotonic()
+    kills: list[tuple[float, str, int]] = []
+    with _running(service, clients) as (load, monitor):
+        next_kill = start
+        while time.monotonic() - start < duration_s:
+            time.sleep(max(0.0, next_kill - time.monotonic()))
+            index = rng.randrange(service.workers)
+            pid = service.supervisor_pid(index)
+            if pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                    kills.append((time.monotonic(), f"primary_{index}", pid))
+            next_kill += every_s
+        # Keep the load on until every worker is back, so the recovery is measured too.
+        wait_until(service.all_ready, recover_timeout_s, "every worker ready after the kills", 0.5)
+        load.stop()
+    result = Result("kill", time.monotonic() - start, load.snapshot())
+    for at, name, pid in kills:
+        result.faults.append(
+            FaultTiming(
+                name,
+                pid,
+                monitor.first(at, name, _not_ready(pid)),
+                monitor.first(at, name, _ready_with_new_pid(pid)),
+            )
+        )
+    result.extra["kills"] = len(kills)
+    return result
+
+
+def hang(
+    service: ServiceHandle,
+    index: int = 0,
+    clients: int = 8,
+    settle_s: float = 2.0,
+    recover_timeout_s: float = 120.0,
+) -> Result:
+    """SIGSTOP worker `index` under load; wait until it is replaced and ready again."""
+    pid = service.supervisor_pid(index)
+    name = f"primary_{index}"
+    start = time.monotonic()
+    with _running(service, clients) as (load, monitor):
+        time.sleep(settle_s)  # some traffic before the fault, so both workers carry load
+        at = time.monotonic()
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            replaced = wait_until(
+                lambda: service.supervisor_pid(index) not in (0, pid) and time.monotonic(),
+                recover_timeout_s,
+                f"{name} (pid {pid}, stopped) to be replaced",
+            )
+            wait_until(service.all_ready, recover_timeout_s, f"{name} ready after the hang", 0.5)
+        finally:
+            # A failed run must not leave a stopped process behind the shared service.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        load.stop()
+    result = Result("hang", time.monotonic() - start, load.snapshot())
+    result.faults.append(
+        FaultTiming(
+            name,
+            pid,
+            monitor.first(at, name, _not_ready(pid)),
+            monitor.first(at, name, _ready_with_new_pid(pid)),
+            replaced - at,
+        )
+    )
+    result.extra["deadline_ms"] = int(service.settings.get("gateway.deadline_ms"))
+    return result
+
+
+def worker_memory_mb(service: ServiceHandle, index: int) -> float:
+    """The worker's memory as the watchdog counts it (USS, else RSS), from /status."""
+    worker = service.worker(index)
+    return float(worker.get("uss_mb") or worker.get("rss_mb") or 0.0)
+
+
+def leak(
+    service: ServiceHandle,
+    index: int = 0,
+    clients: int = 4,
+    over_mb: int = 150,
+    recover_timeout_s: float = 120.0,
+) -> Result:
+    """Make worker `index` leak past watchdog.memory_limit_mb; wait for its recycle."""
+    name = f"primary_{index}"
+    limit = int(service.settings.get("watchdog.memory_limit_mb"))
+    pid = service.supervisor_pid(index)
+    # /status carries memory once the watchdog reported it.
+    now_mb = wait_until(lambda: worker_memory_mb(service, index), 30.0, f"{name} memory")
+    leak_mb = max(1, int(limit - now_mb + over_mb))
+    start = time.monotonic()
+    with _running(service, clients) as (load, monitor):
+        time.sleep(1.0)
+        at = time.monotonic()
+        response = service.fault(index, {"kind": "leak", "mb": leak_mb})
+        assert response.status == 200, f"leak fault answered {response.status}: {response.body}"
+        wait_until(
+            lambda: service.supervisor_pid(index) not in (0, pid),
+            recover_timeout_s,
+            f"{name} (pid {pid}) recycled after leaking {leak_mb} MB",
+        )
+        wait_until(service.all_ready, recover_timeout_s, f"{name} ready after the recycle", 0.5)
+        load.stop()
+    result = Result("leak", time.monotonic() - start, load.snapshot())
+    result.faults.append(
+        FaultTiming(
+            name,
+            pid,
+            monitor.first(at, name, _not_ready(pid)),
+            monitor.first(at, name, _ready_with_new_pid(pid)),
+        )
+    )
+    result.extra.update(limit_mb=limit, before_mb=round(now_mb), leak_mb=leak_mb)
+    return result
+
+
+def steady(service: ServiceHandle, clients: int, duration_s: float) -> Result:
+    """Plain load, no fault: the baseline the overload run is compared with."""
+    start = time.monotonic()
+    with Load(service.port, clients) as load:
+        time.sleep(duration_s)
+    return Result(f"steady{clients}", time.monotonic() - start, load.snapshot())
+
+
+def overload(
+    service: ServiceHandle, clients: int = 64, duration_s: float = 20.0, baseline_s: float = 6.0
+) -> Result:
+    """`clients` closed-loop clients for `duration_s`, after a baseline at 8 clients."""
+    base = steady(service, 8, baseline_s)
+    start = time.monotonic()
+    with Load(service.port, clients) as load:
+        time.sleep(duration_s)
+    result = Result("overload", time.monotonic() - start, load.snapshot())
+    primary_rate = result.by_model.get("primary/None", 0) / result.duration_s
+    base_rate = base.by_model.get("primary/None", 0) / base.duration_s
+    result.extra.update(
+        clients=clients,
+        primary_per_s=round(primary_rate, 1),
+        baseline_primary_per_s=round(base_rate, 1),
+        primary_ratio=round(primary_rate / base_rate, 2) if base_rate else None,
+    )
+    return result
+
+
+def broken_model(service: ServiceHandle, window_s: float = 60.0) -> Result:
+    """A service whose primary model cannot load: fallback answers, /health says why.
+
+    `service` is started (without waiting for readiness) on a corrupt model. Measures the
+    time from `up` to the first fallback answer, then watches `window_s` of supervisord's
+    log to count how often the workers were started.
+    """
+    first = wait_until(
+        lambda: (r := service.analyze(TEXTS[0], timeout=5.0)).status == 200 and r,
+        120.0,
+        "a fallback answer from the service with a broken primary",
+        0.25,
+    )
+    answered_s = time.monotonic() - service.started_at
+    health = wait_until(
+        lambda: (r := service.get("/health")).body.get("status") == "degraded" and r,
+        60.0,
+        "/health to say degraded",
+        0.25,
+    )
+    watch_start = time.monotonic()
+    spawns_before = _spawns(service)
+    samples: list[Sample] = []
+    while time.monotonic() - watch_start < window_s:
+        t = time.monotonic()
+        r = service.analyze(TEXTS[1], timeout=5.0)
+        body = r.body if isinstance(r.body, dict) else {}
+        samples.append(Sample(t, r.elapsed_s, r.status, body.get("model"), body.get("reason")))
+        time.sleep(0.5)
+    window = time.monotonic() - watch_start
+    result = Result("broken_model", window, samples)
+    result.extra.update(
+        first_answer_s=round(answered_s, 1),
+        first_answer=first.body,
+        health=service.get("/health").body,
+        health_first=health.body,
+        spawns_per_min=round((_spawns(service) - spawns_before) * 60.0 / window, 1),
+        workers=service.workers,
+    )
+    return result
+
+
+def _spawns(service: ServiceHandle) -> int:
+    """How many times supervisord has started a primary worker (from its log)."""
+    path = service.log_dir / "supervisord.log"
+    try:
+        return path.read_text(errors="replace").count("spawned: 'primary_")
+    except FileNotFoundError:
+        return 0

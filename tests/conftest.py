@@ -1,0 +1,51 @@
+"""Shared fixtures.
+
+`running_service` (session): the real service, `sentiguard up` under the real supervisord,
+2 workers on the embedded models, faults enabled, free ports, a private run/log directory.
+It starts once per session, the first time a test asks for it; tests that break a worker
+must leave it healthy again (`healthy_service` waits for that before each test). At the end
+it is stopped like an operator's Ctrl-C (SIGINT to the whole process group) and the
+teardown fails if any of its processes outlived the stop.
+
+Use it from any integration test:
+
+    @pytest.mark.integration
+    def test_something(healthy_service: ServiceHandle) -> None:
+        assert healthy_service.analyze("很好").status == 200
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+
+import pytest
+
+from tests.harness import ServiceHandle, start_service
+
+# The leak test pushes one worker past this; it must sit well above a loaded worker's
+# normal memory (an embedded-model worker measured ~ MB USS) and below
+# watchdog.memory_critical_mb, so the recycle is the ordinary, drained one.
+SHARED_MEMORY_LIMIT_MB = 900
+
+SHARED_OVERRIDES = {
+    "watchdog.memory_limit_mb": SHARED_MEMORY_LIMIT_MB,
+    "watchdog.memory_critical_mb": SHARED_MEMORY_LIMIT_MB + 1000,
+}
+
+
+@pytest.fixture(scope="session")
+def running_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceHandle]:
+    service = start_service(
+        tmp_path_factory.mktemp("service"), workers=2, faults=True, overrides=SHARED_OVERRIDES
+    )
+    yield service
+    _, orphans = service.stop(signal.SIGINT, group=True)
+    assert not orphans, f"processes outlived Ctrl-C of `up`: {orphans}"
+
+
+@pytest.fixture
+def healthy_service(running_service: ServiceHandle) -> ServiceHandle:
+    """The shared service, once every worker is ready (a previous test may have broken one)."""
+    running_service.wait_ready()
+    return running_service

@@ -1,0 +1,338 @@
+"""`sentiguard up/down/status`: the rendered supervisord config, the refusals, the status
+table, and (integration) the real lifecycle: `down`, SIGTERM to `up`, `status --json`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from supervisor.options import ServerOptions
+
+from sentiguard import service
+from sentiguard import settings as settings_mod
+from sentiguard import supervisord as sv
+from sentiguard.errors import ExitCode, SettingsError
+from tests.harness import ServiceHandle, free_port, start_service
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> settings_mod.Settings:
+    values = {
+        "service.run_dir": str(tmp_path / "run"),
+        "service.log_dir": str(tmp_path / "logs"),
+        "gateway.port": free_port(),
+        "primary.base_port": free_port(),
+        "primary.workers": 1,
+        **overrides,
+    }
+    return settings_mod.load(None, environ={}, overrides=values)
+
+
+def parse_conf(settings: settings_mod.Settings, tmp_path: Path) -> ServerOptions:
+    """Parse the rendered config with supervisord's own parser, as `up` would run it."""
+    sv.log_dir(settings).mkdir(parents=True, exist_ok=True)
+    sv.run_dir(settings).mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "supervisord.conf"
+    path.write_text(sv.render_supervisord_conf(settings))
+    options = ServerOptions()
+    options.realize(args=["-c", str(path)])
+    return options
+
+
+# --- the rendered config ----------------------------------------------------------------
+
+
+def test_conf_uses_a_private_unix_socket_never_tcp(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    text = sv.render_supervisord_conf(settings)
+    assert "inet_http_server" not in text
+    (server,) = parse_conf(settings, tmp_path).server_configs
+    assert server["family"] == socket.AF_UNIX
+    assert server["file"] == str(tmp_path / "run" / "supervisor.sock")
+    assert server["chmod"] == 0o700
+
+
+def test_conf_programs_match_the_contract(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, **{"primary.workers": 3})
+    options = parse_conf(settings, tmp_path)
+    groups = {g.name: g for g in options.process_group_configs}
+    assert set(groups) == {"gateway", "primary", "watchdog"}
+    workers = groups["primary"].process_configs
+    assert [p.name for p in workers] == ["primary_0", "primary_1", "primary_2"]
+    for i, p in enumerate(workers):
+        # The serving process itself, no wrapper shell: this python, -m the module.
+        assert p.command == f"{sys.executable} -m sentiguard.primary --index {i}"
+        assert p.autorestart is False  # the watchdog owns worker restarts
+        assert p.startsecs == 0 and p.startretries == 0
+        assert p.stdout_logfile == str(tmp_path / "logs" / f"primary_{i}.log")
+    for name in ("gateway", "watchdog"):
+        (p,) = groups[name].process_configs
+        assert p.command == f"{sys.executable} -m sentiguard.{name}"
+        assert p.autorestart is not False
+    # The watchdog stops first (it must not restart what shutdown stops), the gateway last.
+    assert groups["watchdog"].priority > groups["primary"].priority > groups["gateway"].priority
+
+
+def test_conf_hands_every_child_the_resolved_settings(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path,
+        **{"gateway.api_key": "k,e%y'x", "primary.model": "/models/a b#c", "faults.enabled": True},
+    )
+    for group in parse_conf(settings, tmp_path).process_group_configs:
+        for p in group.process_configs:
+            env = p.environment
+            assert {k: env[k] for k in settings.as_env()} == settings.as_env()
+            # A child loading its settings from that environment agrees with `up`.
+            assert settings_mod.load(None, environ=env).values == settings.values
+
+
+def test_conf_refuses_a_value_supervisord_would_mangle(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, **{"gateway.api_key": "abc ;def"})
+    with pytest.raises(SettingsError, match=r"gateway|GATEWAY_API_KEY"):
+        sv.render_supervisord_conf(settings)
+
+
+def test_conf_shutdown_fits_the_graceful_timeout(tmp_path: Path) -> None:
+    for graceful in (1, 4, 10, 30):
+        settings = make_settings(tmp_path, **{"service.graceful_timeout_s": graceful})
+        options = parse_conf(settings, tmp_path)
+        waits = [g.process_configs[0].stopwaitsecs for g in options.process_group_configs]
+        assert all(
+            p.stopasgroup and p.killasgroup
+            for g in options.process_group_configs
+            for p in g.process_configs
+        )
+        # Groups stop one after another.
+        assert sum(waits) < max(graceful, len(waits) + 1)
+
+
+# --- refusals -----------------------------------------------------------------------------
+
+
+def test_up_refuses_a_taken_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = make_settings(tmp_path, **{"gateway.port": port})
+        assert service.up(settings) == ExitCode.ERROR
+    err = capsys.readouterr().err
+    assert f"port {port}" in err and "--port" in err
+    assert not sv.conf_path(settings).exists()  # refused before writing anything
+
+
+def test_up_refuses_a_taken_worker_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = make_settings(tmp_path, **{"primary.base_port": taken.getsockname()[1]})
+        assert service.up(settings) == ExitCode.ERROR
+    assert "SENTIGUARD_PRIMARY_BASE_PORT" in capsys.readouterr().err
+
+
+def test_up_refuses_a_live_instance_and_clears_a_stale_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = make_settings(tmp_path)
+    path = sv.socket_path(settings)
+    path.parent.mkdir(parents=True)
+    with socket.socket(socket.AF_UNIX) as live:
+        live.bind(str(path))
+        live.listen()
+        with pytest.raises(service.ServiceError, match="sentiguard down"):
+            service.preflight(settings)
+    # The listener is gone; the file is left behind as after a SIGKILL.
+    assert path.exists()
+    service.preflight(settings)
+    assert not path.exists()
+
+
+def test_status_and_down_say_how_to_start_when_not_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = make_settings(tmp_path)
+    assert service.status(settings) != 0
+    assert "sentiguard up" in capsys.readouterr().err
+    assert service.down(settings) != 0
+    assert "sentiguard up" in capsys.readouterr().err
+
+
+# --- status rendering ---------------------------------------------------------------------
+
+STATUS = {
+    "workers": [
+        {
+            "name": "primary_0",
+            "pid": 101,
+            "port": 5101,
+            "state": "ready",
+            "ready": True,
+            "rss_mb": 512.3,
+            "uss_mb": 400.0,
+            "restarts": {"memory": 1, "hang": 2},
+            "breaker": "closed",
+            "in_flight": 3,
+        },
+        {
+            "name": "primary_1",
+            "pid": None,
+            "port": 5102,
+            "state": "parked",
+            "ready": False,
+            "rss_mb": None,
+            "uss_mb": None,
+            "restarts": {},
+            "breaker": "open",
+            "in_flight": 0,
+        },
+    ],
+    "fallback": {"in_flight": 2, "capacity": 64, "answered": 17},
+    "watchdog": {"pid": 99, "stale": False},
+}
+
+
+def test_status_table_shows_workers_fallback_and_decisions(tmp_path: Path) -> None:
+    log = tmp_path / "watchdog.jsonl"
+    lines = [
+        json.dumps(
+            {
+                "ts": f"t{i}",
+                "event": "recycle",
+                "worker": "primary_0",
+                "reason": "memory",
+                "uss_mb": 1300 + i,
+                "action": "restart",
+            }
+        )
+        for i in range(8)
+    ]
+    log.write_text("\n".join([*lines, "not json"]) + "\n")
+    decisions = service.last_decisions(log)
+    assert [d["ts"] for d in decisions] == ["t3", "t4", "t5", "t6", "t7"]
+    text = service.render_status(STATUS, decisions)
+    assert "primary_0" in text and "101" in text and "memory=1,hang=2" in text
+    assert "parked" in text and "open" in text
+    assert "capacity=64" in text and "stale=no" in text
+    assert "t7 recycle primary_0 memory restart uss_mb=1307" in text
+
+
+def test_status_reads_the_gateway(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`status` asks /status over HTTP; --json prints it unchanged."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps(STATUS).encode() if self.path == "/status" else b"{}"
+            self.send_response(200 if self.path == "/status" else 404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        settings = make_settings(tmp_path, **{"gateway.port": server.server_address[1]})
+        assert service.status(settings, as_json=True) == 0
+        assert json.loads(capsys.readouterr().out) == STATUS
+        assert service.status(settings) == 0
+        assert "primary_1" in capsys.readouterr().out
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# --- the real lifecycle (supervisord, gateway, workers, watchdog) -------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_status_json_shape_and_pids(healthy_service: ServiceHandle) -> None:
+    result = healthy_service.cli("status", "--json")
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert set(status) >= {"workers", "fallback", "watchdog"}
+    keys = {
+        "name",
+        "pid",
+        "port",
+        "state",
+        "ready",
+        "rss_mb",
+        "uss_mb",
+        "restarts",
+        "breaker",
+        "in_flight",
+    }
+    assert [w["name"] for w in status["workers"]] == ["primary_0", "primary_1"]
+    for i, worker in enumerate(status["workers"]):
+        assert set(worker) >= keys
+        assert worker["port"] == healthy_service.worker_port(i)
+        # The pid is the serving process itself: the one supervisord started.
+        assert worker["pid"] == healthy_service.supervisor_pid(i)
+        assert psutil.Process(worker["pid"]).cmdline()[1:3] == ["-m", "sentiguard.primary"]
+    text = healthy_service.cli("status")
+    assert text.returncode == 0 and "primary_1" in text.stdout and "watchdog" in text.stdout
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_down_stops_everything(tmp_path: Path) -> None:
+    svc = start_service(tmp_path, workers=1, faults=False)
+    try:
+        tree = svc.tree()
+        names = {" ".join(p.cmdline()[1:3]) for p in tree}
+        assert {"-m sentiguard.gateway", "-m sentiguard.primary", "-m sentiguard.watchdog"} <= names
+        again = svc.cli("up")  # a second instance on the same run_dir is refused
+        assert again.returncode != 0 and "sentiguard down" in again.stderr
+        result = svc.cli("down")
+        assert result.returncode == 0, result.stderr
+        code = svc.proc.wait(timeout=10)
+        assert code == 0
+        _, alive = psutil.wait_procs(tree, timeout=2)
+        assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+        assert not sv.socket_path(svc.settings).exists()
+        assert svc.cli("status").returncode != 0
+    finally:
+        svc.stop()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_sigterm_to_up_stops_everything_even_a_hung_worker(tmp_path: Path) -> None:
+    graceful = 6
+    svc = start_service(
+        tmp_path, workers=1, faults=False, overrides={"service.graceful_timeout_s": graceful}
+    )
+    worker = svc.supervisor_pid(0)
+    # A stopped process ignores SIGTERM: the stop must escalate to SIGKILL in time.
+    os.kill(worker, signal.SIGSTOP)
+    took, orphans = svc.stop(signal.SIGTERM)
+    assert svc.proc.returncode == 0
+    assert not orphans, orphans
+    assert took <= graceful + 1.0
+    assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == "zombie"
+
+
+@pytest.mark.integration
+def test_up_refuses_when_the_gateway_port_is_taken_for_real(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        svc = start_service(
+            tmp_path, workers=1, overrides={"gateway.port": taken.getsockname()[1]}, wait=False
+        )
+        code = svc.proc.wait(timeout=60)
+    assert code == ExitCode.ERROR
+    assert "already in use" in svc.output.read_text()
+    svc.stop()
