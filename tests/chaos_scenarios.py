@@ -18,15 +18,17 @@ import http.client
 import json
 import os
 import random
+import shutil
 import signal
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from tests.harness import ServiceHandle, wait_until
+from tests.harness import Response, ServiceHandle, wait_until
 
 TEXTS = (
     "这家店的菜很好吃，服务也热情，下次还来。",
@@ -249,8 +251,11 @@ def kill(
             next_kill += every_s
         # Keep the load on until every worker is back, so the recovery is measured too.
         wait_until(service.all_ready, recover_timeout_s, "every worker ready after the kills", 0.5)
+        all_ready_at = time.monotonic()
         load.stop()
     result = Result("kill", time.monotonic() - start, load.snapshot())
+    if kills:
+        result.extra["ready_after_last_kill_s"] = round(all_ready_at - kills[-1][0], 1)
     for at, name, pid in kills:
         result.faults.append(
             FaultTiming(
@@ -386,19 +391,18 @@ def broken_model(service: ServiceHandle, window_s: float = 60.0) -> Result:
     time from `up` to the first fallback answer, then watches `window_s` of supervisord's
     log to count how often the workers were started.
     """
-    first = wait_until(
-        lambda: (r := service.analyze(TEXTS[0], timeout=5.0)).status == 200 and r,
-        120.0,
-        "a fallback answer from the service with a broken primary",
-        0.25,
-    )
+
+    def answered() -> Response | None:
+        r = service.analyze(TEXTS[0], timeout=5.0)
+        return r if r.status == 200 else None
+
+    def degraded() -> Response | None:
+        r = service.get("/health")
+        return r if isinstance(r.body, dict) and r.body.get("status") == "degraded" else None
+
+    first = wait_until(answered, 120.0, "an answer from the service with a broken primary", 0.25)
     answered_s = time.monotonic() - service.started_at
-    health = wait_until(
-        lambda: (r := service.get("/health")).body.get("status") == "degraded" and r,
-        60.0,
-        "/health to say degraded",
-        0.25,
-    )
+    health = wait_until(degraded, 60.0, "/health to say degraded", 0.25)
     watch_start = time.monotonic()
     spawns_before = _spawns(service)
     samples: list[Sample] = []
@@ -428,3 +432,15 @@ def _spawns(service: ServiceHandle) -> int:
         return path.read_text(errors="replace").count("spawned: 'primary_")
     except FileNotFoundError:
         return 0
+
+
+def corrupt_copy(source: Path, target: Path) -> list[str]:
+    """Copy a model directory and overwrite its weight files with garbage of the same size."""
+    shutil.copytree(source, target)
+    weights = [
+        p for p in target.rglob("*") if p.suffix in (".bin", ".safetensors", ".pt", ".pth", ".onnx")
+    ]
+    assert weights, f"no weight file to corrupt in {source}: {sorted(target.rglob('*'))}"
+    for p in weights:
+        p.write_bytes(b"\x00not a model\xff" * (max(1, p.stat().st_size) // 13 + 1))
+    return [p.name for p in weights]

@@ -1,0 +1,150 @@
+"""Chaos benchmark: the resilience scenarios of tests/test_resilience.py, run longer.
+
+Starts the real service (`sentiguard up`, 2 workers, faults enabled) on free ports in a
+temporary directory, runs each scenario with the same drivers the tests use
+(tests/chaos_scenarios.py), and prints, per scenario: requests, statuses, answers by
+model/reason, latency quantiles, and time-to-detect / time-to-recover of each fault.
+It prints numbers, never pass/fail.
+
+    .venv/bin/python bench/chaos.py                      # every scenario, defaults
+    .venv/bin/python bench/chaos.py --only kill,hang --kill-s 60
+    .venv/bin/python bench/chaos.py --model /path/to/another/model --only kill
+    .venv/bin/python bench/chaos.py --json results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests import chaos_scenarios as chaos  # noqa: E402
+from tests.harness import ServiceHandle, start_service  # noqa: E402
+
+SCENARIOS = ("overload", "leak", "hang", "kill", "broken_model")
+
+
+def _spread(values: list[float | None]) -> str:
+    known = [v for v in values if v is not None]
+    if not known:
+        return "-"
+    if len(known) == 1:
+        return f"{known[0]:.2f}"
+    missed = len(values) - len(known)
+    return f"median {statistics.median(known):.2f}, max {max(known):.2f} (n={len(known)}" + (
+        f", missed {missed})" if missed else ")"
+    )
+
+
+def report(result: chaos.Result) -> dict[str, Any]:
+    summary = result.summary()
+    print(f"\n== {result.scenario} ({summary['duration_s']} s)")
+    print(f"  requests {summary['requests']}  statuses {summary['statuses']}")
+    print(f"  answers by model/reason {summary['answers']}")
+    print(
+        f"  latency of answered p50 {summary['p50_ms']} ms  p99 {summary['p99_ms']} ms  "
+        f"max (all) {summary['max_ms']} ms"
+    )
+    if result.faults:
+        print(f"  faults {len(result.faults)}")
+        print(f"  time to detect (s): {_spread([f.detect_s for f in result.faults])}")
+        print(f"  time to recover (s): {_spread([f.recover_s for f in result.faults])}")
+        replaced = [f.replaced_s for f in result.faults if f.replaced_s is not None]
+        if replaced:
+            print(f"  time to replace (s): {_spread(list(replaced))}")
+    for key, value in summary.items():
+        if key not in (
+            "scenario",
+            "duration_s",
+            "requests",
+            "statuses",
+            "answers",
+            "p50_ms",
+            "p99_ms",
+            "max_ms",
+            "faults",
+        ):
+            print(f"  {key} {value}")
+    return summary
+
+
+def run(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
+    only = args.only.split(",") if args.only else list(SCENARIOS)
+    unknown = set(only) - set(SCENARIOS)
+    if unknown:
+        raise SystemExit(f"unknown scenario(s) {sorted(unknown)}; choose from {SCENARIOS}")
+    overrides: dict[str, Any] = {
+        "watchdog.memory_limit_mb": args.memory_limit_mb,
+        "watchdog.memory_critical_mb": args.memory_limit_mb + 1000,
+    }
+    if args.model:
+        overrides["primary.model"] = args.model
+    results = []
+    healing = [s for s in only if s != "broken_model"]
+    if healing:
+        print(f"starting the service ({args.workers} workers) in {workdir / 'service'} ...")
+        svc: ServiceHandle = start_service(
+            workdir / "service", workers=args.workers, overrides=overrides
+        )
+        print(f"ready on port {svc.port} after {time.monotonic() - svc.started_at:.1f} s")
+        try:
+            for name in healing:
+                svc.wait_ready()
+                if name == "overload":
+                    r = chaos.overload(svc, clients=args.clients, duration_s=args.overload_s)
+                elif name == "leak":
+                    r = chaos.leak(svc, index=0)
+                elif name == "hang":
+                    r = chaos.hang(svc, index=1)
+                else:
+                    r = chaos.kill(svc, duration_s=args.kill_s, every_s=args.every_s)
+                results.append(report(r))
+        finally:
+            took, orphans = svc.stop()
+            print(f"\nstopped in {took:.1f} s, orphans {len(orphans)}")
+    if "broken_model" in only:
+        source = Path(args.model) if args.model else ROOT / "models" / "primary"
+        chaos.corrupt_copy(source, workdir / "broken")
+        svc = start_service(
+            workdir / "broken-service",
+            workers=args.workers,
+            overrides={**overrides, "primary.model": str(workdir / "broken")},
+            wait=False,
+        )
+        try:
+            results.append(report(chaos.broken_model(svc, window_s=args.broken_s)))
+        finally:
+            svc.stop()
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", help=f"comma-separated subset of {','.join(SCENARIOS)}")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--model", help="primary model directory or hub id (default: embedded)")
+    parser.add_argument("--kill-s", type=float, default=60.0, help="kill scenario length")
+    parser.add_argument("--every-s", type=float, default=5.0, help="seconds between kills")
+    parser.add_argument("--overload-s", type=float, default=30.0)
+    parser.add_argument("--clients", type=int, default=64, help="overload clients")
+    parser.add_argument("--broken-s", type=float, default=90.0, help="broken-model watch window")
+    parser.add_argument("--memory-limit-mb", type=int, default=900)
+    parser.add_argument("--json", metavar="FILE", help="also write the summaries here")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="sentiguard-chaos-") as tmp:
+        results = run(args, Path(tmp))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

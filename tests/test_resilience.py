@@ -1,0 +1,197 @@
+"""The "Must show" of issue 4, against the real processes under the real supervisord.
+
+2 workers on the embedded models, faults enabled, bounded closed-loop traffic to 127.0.0.1.
+One shared service (`healthy_service`) carries every fault that heals; the broken model gets
+its own. The scenario drivers live in tests/chaos_scenarios.py, which bench/chaos.py runs
+longer to produce the numbers in docs/resilience.md.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sentiguard.settings import ROOT
+from tests import chaos_scenarios as chaos
+from tests.harness import ServiceHandle, http_request, start_service
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REASONS = {"primary_down", "overloaded", "primary_timeout", "primary_error"}
+JSON = {"Content-Type": "application/json"}
+
+
+def check_answers(result: chaos.Result) -> None:
+    """Every answer says which model gave it; a fallback answer always says why."""
+    for s in result.samples:
+        if s.status != 200:
+            continue
+        assert s.model in ("primary", "fallback"), s
+        if s.model == "fallback":
+            assert s.reason in REASONS, s
+        else:
+            assert s.reason is None, s
+
+
+# (name, method, content type, body, expected status, expected error code or None)
+BAD_INPUTS: list[tuple[str, str, str | None, bytes, int, str | None]] = [
+    ("empty text", "POST", "application/json", b'{"text": ""}', 400, "empty_text"),
+    ("blank text", "POST", "application/json", b'{"text": "   "}', 400, "empty_text"),
+    ("number text", "POST", "application/json", b'{"text": 5}', 400, "not_a_string"),
+    ("null text", "POST", "application/json", b'{"text": null}', 400, "not_a_string"),
+    ("no text", "POST", "application/json", b'{"review": "hi"}', 400, None),
+    ("not an object", "POST", "application/json", b'["hi"]', 400, None),
+    ("invalid json", "POST", "application/json", b'{"text": "hi"', 400, "invalid_json"),
+    ("invalid utf-8", "POST", "application/json", b'{"text": "\xff\xfe"}', 400, "invalid_utf8"),
+    ("form body", "POST", "application/x-www-form-urlencoded", b"text=hi", 415, None),
+    ("no content type", "POST", None, b'{"text": "hi"}', 415, None),
+    (
+        "deep json",
+        "POST",
+        "application/json",
+        b'{"text": ' + b"[" * 200 + b"]" * 200 + b"}",
+        400,
+        "json_too_deep",
+    ),
+    ("empty batch", "POST", "application/json", b'{"texts": []}', 400, None),
+    ("bad batch item", "POST", "application/json", b'{"texts": ["ok", 3]}', 400, "not_a_string"),
+]
+
+
+def test_bad_input_gets_its_4xx_and_the_service_stays_healthy(
+    healthy_service: ServiceHandle,
+) -> None:
+    g = healthy_service.settings.gateway
+    cases = [
+        *BAD_INPUTS,
+        (
+            "text too long",
+            "POST",
+            "application/json",
+            json.dumps({"text": "好" * (g["max_text_chars"] + 1)}).encode(),
+            400,
+            "text_too_long",
+        ),
+        (
+            "too many texts",
+            "POST",
+            "application/json",
+            json.dumps({"texts": ["好"] * (g["max_texts"] + 1)}).encode(),
+            400,
+            "too_many_texts",
+        ),
+        (
+            "body too large",
+            "POST",
+            "application/json",
+            b'{"text": "' + b"a" * (g["max_body_bytes"] + 1) + b'"}',
+            413,
+            None,
+        ),
+    ]
+    for name, method, ctype, body, status, code in cases:
+        headers = {"Content-Type": ctype} if ctype else {}
+        r = http_request(healthy_service.port, method, "/analyze", body, headers)
+        assert r.status == status, f"{name}: {r.status} {r.body}"
+        assert isinstance(r.body, dict) and set(r.body) == {"error"}, f"{name}: {r.body}"
+        assert set(r.body["error"]) >= {"code", "message"}, name
+        if code:
+            assert r.body["error"]["code"] == code, f"{name}: {r.body}"
+    batch = http_request(healthy_service.port, "POST", "/analyze", b'{"texts": ["ok", ""]}', JSON)
+    assert "texts[1]" in batch.body["error"]["message"]  # the index of the bad item
+    health = healthy_service.get("/health")
+    assert health.status == 200 and health.body["status"] == "ok", health.body
+    assert healthy_service.analyze("这家店很好吃").body["model"] == "primary"
+
+
+def test_overload_sheds_with_retry_after_and_keeps_the_primary_serving(
+    healthy_service: ServiceHandle,
+) -> None:
+    result = chaos.overload(healthy_service, clients=64, duration_s=20.0)
+    summary = result.summary()
+    statuses = result.statuses
+    assert set(statuses) <= {200, 503}, summary
+    shed = [s for s in result.samples if s.status == 503]
+    assert all(s.retry_after for s in shed), "a 503 without Retry-After"
+    assert statuses[200] > 0.5 * len(result.samples), summary  # most are answered
+    assert result.latency_quantile(0.99) <= 0.5, summary
+    check_answers(result)
+    # The primary keeps serving at (about) its capacity while the fallback takes the rest.
+    assert result.extra["primary_ratio"] is not None and result.extra["primary_ratio"] >= 0.5, (
+        summary
+    )
+    assert result.by_model.get("fallback/overloaded", 0) > 0, summary
+
+
+def test_leak_is_drained_and_recycled_without_the_fallback(
+    healthy_service: ServiceHandle,
+) -> None:
+    result = chaos.leak(healthy_service, index=0, clients=4)
+    summary = result.summary()
+    assert not result.failures, summary
+    assert not [s for s in result.samples if s.model == "fallback"], summary
+    (fault,) = result.faults
+    assert fault.detect_s is not None and fault.recover_s is not None, summary
+    decisions = [
+        json.loads(line)
+        for line in (healthy_service.log_dir / "watchdog.jsonl").read_text().splitlines()
+    ]
+    mine = [d for d in decisions if d.get("worker") == "primary_0" and d.get("pid") == fault.pid]
+    assert any("memory" in str(d.get("reason", "")) for d in mine), mine[-5:]
+
+
+def test_hang_is_replaced_within_5s_and_no_request_waits_past_its_deadline(
+    healthy_service: ServiceHandle,
+) -> None:
+    result = chaos.hang(healthy_service, index=1, clients=8)
+    summary = result.summary()
+    (fault,) = result.faults
+    assert fault.replaced_s is not None and fault.replaced_s <= 5.0, summary
+    assert not result.failures, summary
+    deadline_s = result.extra["deadline_ms"] / 1000
+    late = [s for s in result.samples if s.latency_s > deadline_s + 0.1]
+    assert not late, f"{len(late)} requests past the deadline + 100 ms: {late[:3]}"
+    check_answers(result)
+
+
+def test_kill_a_random_worker_every_5s_loses_no_request(healthy_service: ServiceHandle) -> None:
+    result = chaos.kill(healthy_service, duration_s=30.0, every_s=5.0, clients=16)
+    summary = result.summary()
+    assert result.extra["kills"] >= 5, summary
+    assert not result.failures, summary
+    check_answers(result)
+    assert (
+        result.by_model.get("fallback/primary_down", 0)
+        + result.by_model.get("fallback/overloaded", 0)
+        + result.by_model.get("fallback/primary_error", 0)
+        > 0
+    ), summary
+    assert healthy_service.all_ready()
+    assert result.extra["ready_after_last_kill_s"] <= 60.0, summary
+
+
+def test_broken_model_starts_on_the_fallback_and_is_not_hammered(tmp_path: Path) -> None:
+    chaos.corrupt_copy(ROOT / "models" / "primary", tmp_path / "model")
+    svc = start_service(
+        tmp_path / "service",
+        workers=2,
+        overrides={"primary.model": str(tmp_path / "model")},
+        wait=False,
+    )
+    try:
+        result = chaos.broken_model(svc, window_s=40.0)
+    finally:
+        _, orphans = svc.stop()
+    summary = result.summary()
+    assert result.extra["first_answer_s"] <= 30.0, summary
+    first = result.extra["first_answer"]
+    assert first["model"] == "fallback" and first["reason"] == "primary_down", summary
+    health = result.extra["health"]
+    assert health["status"] == "degraded", summary
+    assert any("corrupt" in str(r) or "model" in str(r) for r in health["reasons"]), summary
+    assert not result.failures and all(s.model == "fallback" for s in result.samples), summary
+    # Parked, not hammered: a few starts a minute per worker at most.
+    assert result.extra["spawns_per_min"] <= 3 * svc.workers, summary
+    assert not orphans
