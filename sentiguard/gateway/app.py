@@ -63,8 +63,10 @@ class Gateway:
     log: EventLog
 
     def close(self) -> None:
-        """Stop background threads (tests, shutdown)."""
+        """Stop background threads and close pooled connections (tests, shutdown)."""
         self.poller.stop()
+        self.poller.client.close_all()
+        self.router.client.close_all()
 
 
 def load_fallback(settings: Settings) -> Fallback:

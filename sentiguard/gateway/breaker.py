@@ -37,7 +37,7 @@ class Breaker:
 
     def __init__(self, open_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.open_s = open_s
-        self._clock = clock
+        self.clock = clock
         self._lock = threading.Lock()
         self._state = BreakerState.CLOSED
         self._opened_at = 0.0
@@ -55,7 +55,7 @@ class Breaker:
             return self._state
 
     def _cooled_down(self) -> bool:
-        return self._clock() - self._opened_at >= self.open_s
+        return self.clock() - self._opened_at >= self.open_s
 
     def would_allow(self) -> bool:
         """Whether `allow()` would let a request through now, without claiming a probe slot."""
@@ -114,5 +114,5 @@ class Breaker:
         if self._state is not BreakerState.OPEN:
             self.opened_count += 1
         self._state = BreakerState.OPEN
-        self._opened_at = self._clock()
+        self._opened_at = self.clock()
         self.reason = reason

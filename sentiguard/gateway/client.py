@@ -46,6 +46,10 @@ class WorkerClient:
     def __init__(self, host: str = "127.0.0.1") -> None:
         self.host = host
         self._local = threading.local()
+        # Every open connection of every thread, so `close_all` can close them at shutdown
+        # (a thread-local pool dies with its thread without closing its sockets).
+        self._open: set[http.client.HTTPConnection] = set()
+        self._open_lock = threading.Lock()
 
     def _pool(self) -> dict[int, http.client.HTTPConnection]:
         pool: dict[int, http.client.HTTPConnection] | None = getattr(self._local, "pool", None)
@@ -57,6 +61,8 @@ class WorkerClient:
         conn = self._pool().pop(port, None)
         if conn is not None:
             conn.close()
+            with self._open_lock:
+                self._open.discard(conn)
 
     def request(
         self, method: str, port: int, path: str, body: Any, timeout_s: float
@@ -106,6 +112,8 @@ class WorkerClient:
         conn = pool.get(port)
         if conn is None:
             conn = pool[port] = http.client.HTTPConnection(self.host, port, timeout=remaining)
+            with self._open_lock:
+                self._open.add(conn)
         if conn.sock is not None:
             conn.sock.settimeout(remaining)
         else:
@@ -129,6 +137,13 @@ class WorkerClient:
         """Close this thread's connections."""
         for port in list(self._pool()):
             self._drop(port)
+
+    def close_all(self) -> None:
+        """Close every thread's connections; only when no request is running (shutdown)."""
+        with self._open_lock:
+            conns, self._open = self._open, set()
+        for conn in conns:
+            conn.close()
 
 
 def _is_connect_error(error: BaseException) -> bool:

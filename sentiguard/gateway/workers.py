@@ -24,8 +24,10 @@ from typing import Any
 from sentiguard.gateway.breaker import Breaker, BreakerState
 from sentiguard.settings import Settings
 
-# supervisord states (and the watchdog's own "parked") that mean no process serves.
-DEAD_STATES = frozenset({"STOPPED", "STOPPING", "EXITED", "FATAL", "BACKOFF", "UNKNOWN", "PARKED"})
+# Reported states (supervisord's, and the watchdog's phases) that mean no process serves.
+# The watchdog's "down" is not one: it means supervisord did not answer, not that the
+# worker is gone, and the readiness poller knows better then.
+DEAD_STATES = frozenset({"STOPPED", "STOPPING", "EXITED", "FATAL", "BACKOFF", "PARKED"})
 
 
 class Reason(StrEnum):
@@ -52,7 +54,6 @@ class Worker:
     uss_mb: float | None = None
     # From the watchdog.
     drain: bool = False
-    drained_pid: int | None = None
     reported_state: str | None = None
     reported_reason: str | None = None
     restarts: dict[str, int] = field(default_factory=dict)
@@ -66,14 +67,18 @@ class Worker:
     @property
     def state(self) -> str:
         """One word for an operator: the watchdog's state when it has one, else our own view."""
+        reported = self.reported_state.lower() if self.reported_state else None
         if self.parked:
             return "parked"
         if self.drain:
-            return "draining"
-        if self.reported_state and self.reported_state.upper() in DEAD_STATES:
-            return self.reported_state.lower()
+            # The watchdog names why ("recycling", "reloading").
+            return reported if reported and reported != "ready" else "draining"
+        if reported and reported.upper() in DEAD_STATES:
+            return reported
         if self.ready:
             return "ready"
+        if reported in ("starting", "recycling", "reloading"):
+            return reported
         return "loading" if self.not_ready_reason == "loading" else "down"
 
     def usable(self) -> bool:
@@ -129,12 +134,9 @@ class WorkerPool:
     def mark_ready(self, worker: Worker, pid: int | None, model_version: str | None) -> None:
         with self._lock:
             if pid is not None and pid != worker.pid:
-                # A new process: whatever the breaker learnt about the old one is moot,
-                # and a drain the watchdog asked for the old pid is done.
+                # A new process: whatever the breaker learnt about the old one is moot.
+                # (A drain stays until the watchdog lifts it: it owns the recycle.)
                 worker.breaker.reset()
-                if worker.drain and worker.drained_pid is not None:
-                    worker.drain = False
-                    worker.drained_pid = None
                 if (worker.reported_state or "").upper() in DEAD_STATES:
                     worker.reported_state = None
                     worker.reported_reason = None
@@ -155,15 +157,13 @@ class WorkerPool:
     def apply_report(self, worker: Worker, report: dict[str, Any]) -> dict[str, Any]:
         """Apply a watchdog PUT /control/workers/<name> body; answer name, in_flight, drain."""
         with self._lock:
+            # A drain alone does not trip the breaker: it already stops new requests, and a
+            # drain lifted without a restart leaves a healthy worker that should not wait
+            # out breaker_open_s.
             if "drain" in report:
-                drain = bool(report["drain"])
-                if drain and not worker.drain:
-                    worker.drained_pid = report.get("pid") or worker.pid
-                    worker.breaker.trip("drained by the watchdog")
-                worker.drain = drain
-                if not drain:
-                    worker.drained_pid = None
+                worker.drain = bool(report["drain"])
             state = report.get("state")
+            was_dead = (worker.reported_state or "").upper() in DEAD_STATES or worker.parked
             if isinstance(state, str):
                 worker.reported_state = state
             worker.reported_reason = report.get("reason")
@@ -176,7 +176,9 @@ class WorkerPool:
             worker.parked = bool(report.get("parked", False))
             worker.report_at = time.monotonic()
             dead = isinstance(state, str) and state.upper() in DEAD_STATES
-            if dead or worker.parked:
+            if (dead or worker.parked) and not was_dead:
+                # On the transition only: the watchdog repeats its report every round, and
+                # the poller, not a repeated report, says when a new process is ready.
                 worker.ready = False
                 worker.not_ready_reason = worker.reported_reason or state or "parked"
                 worker.breaker.trip(f"watchdog reports {state or 'parked'}")

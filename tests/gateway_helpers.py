@@ -1,0 +1,218 @@
+"""Test doubles for the gateway: a fake primary worker over real HTTP, and a fake fallback.
+
+`FakeWorker` speaks the worker contract of docs/internals.md (`/ready`, `/predict`,
+`/health`) on a loopback port and can be told to be slow, fail, answer nonsense, or refuse
+connections, so routing, breaker, deadline and shedding are tested over real sockets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from flask import Flask
+
+from sentiguard import settings as settings_mod
+from sentiguard.gateway.app import Gateway, create_app, gateway_of
+from sentiguard.logs import EventLog
+
+
+def p_for(text: str) -> float:
+    """The fakes' 'model': 好 is positive."""
+    return 0.9 if "好" in text else 0.1
+
+
+class FakeFallback:
+    """Fallback double; `gate` (when set up) blocks predictions until released."""
+
+    version = "fake-fallback-1"
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.gate: threading.Event | None = None
+        self.entered = threading.Semaphore(0)
+
+    def predict_proba(self, texts: list[str]) -> list[float]:
+        self.calls += 1
+        self.entered.release()
+        if self.gate is not None:
+            self.gate.wait(10)
+        return [0.8 if "好" in t else 0.2 for t in texts]
+
+
+class FakeWorker:
+    """A primary worker double on 127.0.0.1:`port`. Set `mode` to change its behaviour:
+
+    ok | slow (sleeps `delay_s` in /predict) | error (500) | garbage (200, wrong shape) |
+    loading (/ready 503). `refuse()` closes the port; `serve()` opens it again.
+    """
+
+    def __init__(self, port: int, pid: int = 4242) -> None:
+        self.port = port
+        self.pid = pid
+        self.mode = "ok"
+        self.delay_s = 0.0
+        self.predicts = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._lock = threading.Lock()
+        self.release = threading.Event()  # ends a "slow" sleep early
+        self._server: ThreadingHTTPServer | None = None
+        self.serve()
+
+    def serve(self) -> None:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if self.path == "/ready":
+                    if fake.mode == "loading":
+                        self._send(503, {"ready": False, "reason": "loading"})
+                    else:
+                        self._send(
+                            200, {"ready": True, "pid": fake.pid, "model_version": "fake-primary"}
+                        )
+                else:
+                    self._send(404, {"error": {"code": "not_found", "message": self.path}})
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length))
+                with fake._lock:
+                    fake.predicts += 1
+                    fake.in_flight += 1
+                    fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+                try:
+                    if fake.mode == "slow":
+                        fake.release.wait(fake.delay_s)
+                    if fake.mode == "error":
+                        self._send(500, {"error": {"code": "boom", "message": "fake failure"}})
+                    elif fake.mode == "garbage":
+                        self._send(200, {"results": []})
+                    else:
+                        results = [
+                            {"p_positive": p_for(t), "truncated": len(t) > 100}
+                            for t in body["texts"]
+                        ]
+                        self._send(
+                            200,
+                            {"results": results, "model_version": "fake-primary", "pid": fake.pid},
+                        )
+                finally:
+                    with fake._lock:
+                        fake.in_flight -= 1
+
+            def _send(self, status: int, doc: Any) -> None:
+                data = json.dumps(doc).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:
+                    pass  # the gateway gave up (deadline) and closed the connection
+
+        ThreadingHTTPServer.allow_reuse_address = True
+        server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+        self._server = server
+
+    def refuse(self) -> None:
+        """Close the port: connections are refused, like a killed worker's."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def close(self) -> None:
+        self.release.set()
+        self.refuse()
+
+
+def free_ports(n: int) -> int:
+    """A base port with `n` consecutive free loopback ports (the workers' layout)."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + n > 65535:
+            continue
+        ok = True
+        for port in range(base, base + n):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no run of free loopback ports found")
+
+
+def make_settings(**overrides: Any) -> settings_mod.Settings:
+    """Built-in defaults plus `overrides` ({"gateway.deadline_ms": 500}); no env, no file."""
+    return settings_mod.load(None, environ={}, overrides=overrides)
+
+
+class ListLog(EventLog):
+    """An EventLog that keeps (event, fields) pairs instead of printing them."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, dict[str, Any]]] = []
+
+    def __call__(self, event: str, **fields: Any) -> None:
+        self.lines.append((event, fields))
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [f for e, f in self.lines if e == name]
+
+
+@contextlib.contextmanager
+def gateway_with_workers(
+    n_workers: int = 2, **overrides: Any
+) -> Iterator[tuple[Flask, Gateway, list[FakeWorker], FakeFallback, ListLog]]:
+    """An app routing to `n_workers` fake workers, polled ready once; cleaned up after."""
+    base = free_ports(n_workers)
+    workers = [FakeWorker(base + i, pid=1000 + i) for i in range(n_workers)]
+    settings = make_settings(
+        **{"primary.base_port": base, "primary.workers": n_workers, **overrides}
+    )
+    fallback = FakeFallback()
+    log = ListLog()
+    app = create_app(settings, fallback=fallback, log=log, start_poller=False)
+    gateway = gateway_of(app)
+    try:
+        poll_all(gateway)
+        yield app, gateway, workers, fallback, log
+    finally:
+        gateway.close()
+        for w in workers:
+            w.close()
+
+
+def poll_all(gateway: Gateway) -> None:
+    for worker in gateway.state.pool.workers:
+        gateway.poller.poll_once(worker)
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0, what: str = "") -> None:
+    """Poll `condition` until true or fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what or condition}")
+        time.sleep(0.02)
