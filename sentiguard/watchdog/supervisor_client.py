@@ -1,8 +1,9 @@
 """The watchdog's typed view of supervisord's XML-RPC interface.
 
-Built on `sentiguard.supervisord.rpc` (the unix socket, with a timeout). Every call opens
-its own proxy, so the watchdog's action threads may call concurrently; a unix-socket
-connection costs next to nothing.
+XML-RPC over `<run_dir>/supervisor.sock` (`sentiguard.supervisord.socket_path`) with a
+timeout: supervisor's own transport has none, and a stuck call must not stall the loop.
+Every call opens its own proxy and closes it, so the watchdog's action threads may call
+concurrently; a unix-socket connection costs next to nothing.
 
 Names: supervisord calls a worker `primary:primary_0` (group:process); everything here
 also accepts the bare process name `primary_0`.
@@ -13,11 +14,13 @@ from __future__ import annotations
 import xmlrpc.client
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
+from sentiguard.control import UnixHTTPConnection
 from sentiguard.errors import SentiguardError
 from sentiguard.settings import Settings
-from sentiguard.supervisord import rpc
+from sentiguard.supervisord import socket_path
 
 WORKER_GROUP = "primary"
 
@@ -83,6 +86,21 @@ class SupervisorUnavailable(SentiguardError):
     """supervisord did not answer on its unix socket, or refused a call."""
 
 
+class _UnixTransport(xmlrpc.client.Transport):
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__()
+        self.path = path
+        self.timeout = timeout
+
+    def make_connection(self, host: Any) -> UnixHTTPConnection:
+        # Kept where the base class keeps its connection, so close() closes the socket.
+        if self._connection and self._connection[0] == host:
+            return self._connection[1]  # type: ignore[return-value]
+        conn = UnixHTTPConnection(self.path, self.timeout)
+        self._connection = host, conn
+        return conn
+
+
 def namespec(name: str) -> str:
     return name if ":" in name else f"{WORKER_GROUP}:{name}"
 
@@ -100,9 +118,11 @@ class SupervisorClient:
         self.timeout = timeout
 
     def _call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
-        proxy = rpc(self.settings, timeout=timeout or self.timeout)
         try:
-            return getattr(proxy.supervisor, method)(*args)
+            # One proxy per call, closed after it: thread-safe, and no socket left open.
+            transport = _UnixTransport(socket_path(self.settings), timeout or self.timeout)
+            with xmlrpc.client.ServerProxy("http://localhost/RPC2", transport=transport) as proxy:
+                return getattr(proxy.supervisor, method)(*args)
         except xmlrpc.client.Fault:
             raise
         except (OSError, xmlrpc.client.ProtocolError) as e:

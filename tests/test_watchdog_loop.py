@@ -1,0 +1,277 @@
+"""The watchdog loop with supervisord, the gateway and the workers' HTTP faked."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sentiguard.settings import Settings
+from sentiguard.watchdog import reload
+from sentiguard.watchdog.drain import GatewayLink
+from sentiguard.watchdog.main import Watchdog, decision_log
+from sentiguard.watchdog.policy import Phase
+from sentiguard.watchdog.probe import ProbeResult
+from sentiguard.watchdog.supervisor_client import ProcessState
+from tests.watchdog_helpers import (
+    FakeGateway,
+    FakeSupervisor,
+    FakeWorkers,
+    events,
+    make_settings,
+    read_log,
+    wait_until,
+)
+
+NAMES = ["primary_0", "primary_1"]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Rig:
+    """A Watchdog wired to fakes, with helpers to run rounds and wait for its threads."""
+
+    def __init__(self, settings: Settings, gateway: Any = None) -> None:
+        self.settings = settings
+        self.sup = FakeSupervisor(NAMES)
+        self.gw = gateway if gateway is not None else FakeGateway(self.sup.calls)
+        self.workers = FakeWorkers(int(settings.get("primary.base_port")))
+        self.clock = Clock()
+        self.wd = Watchdog(
+            settings,
+            supervisor=self.sup,  # type: ignore[arg-type]
+            gateway=self.gw,
+            sample=self.workers.sample,
+            health=self.workers.health,
+            ready=self.workers.ready,
+            kill=self.kill,
+            clock=self.clock,
+        )
+
+    def kill(self, pid: int) -> list[int]:
+        self.sup.calls.append(("kill", str(pid)))
+        for name, info in self.sup.processes().items():
+            if info.pid == pid:
+                self.sup.set(name, ProcessState.EXITED, 0, -1)
+        return [pid]
+
+    def settle(self) -> None:
+        """Wait until no action thread or probe is running."""
+        wait_until(lambda: not any(r.busy for r in self.wd.records.values()))
+        wait_until(lambda: all(f.done() for _pid, f in self.wd.probes.values()))
+
+    def round(self, n: int = 1) -> None:
+        for _ in range(n):
+            self.wd.round()
+            self.settle()
+
+    def rec(self, name: str) -> Any:
+        return self.wd.records[name]
+
+    def close(self) -> None:
+        self.wd.stop()
+        self.wd.pool.shutdown(wait=True)
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Any:
+    r = Rig(make_settings(tmp_path))
+    r.round()  # adopt both workers: they answer /ready
+    assert [r.rec(n).phase for n in NAMES] == [Phase.READY, Phase.READY]
+    yield r
+    r.close()
+
+
+def test_crash_restarts_with_exponential_backoff(rig: Rig) -> None:
+    rig.sup.set("primary_0", ProcessState.EXITED, 0, -1)
+    rig.round()
+    assert rig.rec("primary_0").phase is Phase.BACKOFF
+    assert ("start", "primary_0") not in rig.sup.calls
+    rig.clock.now += 0.9
+    rig.round()
+    assert ("start", "primary_0") not in rig.sup.calls  # still inside the 1 s backoff
+    rig.clock.now += 0.2
+    rig.round()
+    assert rig.sup.calls.count(("start", "primary_0")) == 1
+    assert rig.rec("primary_0").phase is Phase.READY
+    assert rig.rec("primary_0").restarts["crash"] == 1
+    # Killed again at once: the next wait doubles.
+    rig.sup.set("primary_0", ProcessState.EXITED, 0, -9)
+    rig.round()
+    crashes = events(rig.settings, "crash")
+    assert [c["backoff_s"] for c in crashes] == [1.0, 2.0]
+    assert crashes[-1]["exitstatus"] == -9
+    assert crashes[-1]["action"] == "start in 2.0s"
+
+
+def test_exit_4_parks_the_worker_and_retries_rarely(rig: Rig) -> None:
+    failed = {
+        "ts": "x",
+        "event": "model_load_failed",
+        "cause": "corrupt",
+        "fix": "run `sentiguard train primary` to rebuild models/primary",
+    }
+    rig.sup.log_tail = "loading\n" + json.dumps(failed) + "\n"
+    rig.sup.set("primary_0", ProcessState.EXITED, 0, 4)
+    rig.round()
+    rec = rig.rec("primary_0")
+    assert rec.phase is Phase.PARKED
+    park = events(rig.settings, "park")[-1]
+    assert park["cause"] == "corrupt" and park["fix"] == failed["fix"]
+    body = rig.wd.report_body(rec)
+    assert body["parked"] is True and failed["fix"] in body["reason"]
+    rig.clock.now += 59
+    rig.round(3)
+    assert ("start", "primary_0") not in rig.sup.calls
+    rig.clock.now += 1.5
+    rig.round()
+    assert rig.sup.calls.count(("start", "primary_0")) == 1
+    assert events(rig.settings, "start")[-1]["reason"] == "park_retry"
+
+
+def test_hung_worker_is_drained_then_killed_then_started(rig: Rig) -> None:
+    rig.workers.hung.add(0)
+    old_pid = rig.rec("primary_0").pid
+    rig.round(5)
+    calls = rig.sup.calls
+    drain = calls.index(("drain", "primary_0"))
+    kill = calls.index(("kill", str(old_pid)))
+    start = calls.index(("start", "primary_0"))
+    assert drain < kill < start  # the gateway hears first; no graceful stop is waited for
+    assert ("stop", "primary_1") not in calls
+    rec = rig.rec("primary_0")
+    assert rec.restarts["hang"] == 1
+    recycle = events(rig.settings, "recycle")[0]
+    assert recycle["reason"] == "hang" and recycle["misses"] == 3
+    assert recycle["action"] == "drain+kill+start"
+
+
+def test_memory_leak_recycles_after_k_samples_and_undrains(rig: Rig) -> None:
+    pid = rig.rec("primary_1").pid
+    rig.workers.memory_mb[pid] = 150.0
+    rig.round(2)
+    assert ("drain", "primary_1") not in rig.sup.calls
+    rig.round()
+    calls = rig.sup.calls
+    drain, stop = calls.index(("drain", "primary_1")), calls.index(("stop", "primary_1"))
+    assert drain < stop < calls.index(("start", "primary_1"))
+    assert not any(c[0] == "kill" for c in calls)  # a leaking worker is stopped gracefully
+    assert rig.rec("primary_1").phase is Phase.READY
+    assert rig.rec("primary_1").restarts["memory"] == 1
+    # The last report of primary_1 undrains it and carries the restart.
+    last = [b for n, b in rig.gw.reports if n == "primary_1"][-1]
+    assert last["drain"] is False and last["restarts"]["memory"] == 1
+
+
+def test_decision_lines_are_readable_json(rig: Rig) -> None:
+    pid = rig.rec("primary_0").pid
+    rig.workers.memory_mb[pid] = 150.0
+    rig.round(3)
+    line = events(rig.settings, "recycle")[0]
+    assert list(line)[:2] == ["ts", "event"]
+    assert line["ts"].endswith("Z")
+    assert {k: line[k] for k in ("worker", "pid", "reason", "uss_mb", "limit_mb", "samples")} == {
+        "worker": "primary_0",
+        "pid": pid,
+        "reason": "memory",
+        "uss_mb": 150.0,
+        "limit_mb": 100.0,
+        "samples": 3,
+    }
+    assert line["action"] == "drain+restart"
+    ready = events(rig.settings, "ready")[-1]
+    assert ready["worker"] == "primary_0" and ready["recovered_s"] >= 0
+    # Every line of the file is one JSON object with ts and event.
+    assert all({"ts", "event"} <= set(r) for r in read_log(rig.settings))
+
+
+def test_last_ready_worker_is_held_while_the_other_is_down(rig: Rig) -> None:
+    rig.sup.set("primary_1", ProcessState.EXITED, 0, -9)
+    rig.workers.memory_mb[rig.rec("primary_0").pid] = 150.0
+    rig.round(5)
+    assert ("stop", "primary_0") not in rig.sup.calls
+    holds = events(rig.settings, "memory_hold")
+    assert len(holds) == 1 and holds[0]["waiting_for"] == ["primary_1"]
+
+
+def test_reload_lock_holds_recycles(rig: Rig) -> None:
+    # Between two workers of a reload: nothing is recycled, even over the limit.
+    reload.write_lock(rig.settings, reload.ReloadLock(os.getpid(), "m2", None, False))
+    rig.workers.memory_mb[rig.rec("primary_0").pid] = 150.0
+    rig.round(4)
+    assert ("stop", "primary_0") not in rig.sup.calls
+    assert len(events(rig.settings, "recycle_held")) == 1
+    # The worker being reloaded belongs to the reload.
+    reload.write_lock(rig.settings, reload.ReloadLock(os.getpid(), "m2", "primary_1", True))
+    rig.round()
+    assert rig.rec("primary_1").phase is Phase.RELOADING
+    assert ("stop", "primary_0") not in rig.sup.calls
+    # The worker being reloaded is reported drained, as the lock says.
+    last = [b for n, b in rig.gw.reports if n == "primary_1"][-1]
+    assert last["drain"] is True
+    reload.lock_path(rig.settings).unlink()
+    rig.round()
+    assert rig.rec("primary_1").restarts["reload"] == 1
+    assert events(rig.settings, "reload_released")
+
+
+def test_a_hung_probe_does_not_delay_the_other_worker(rig: Rig) -> None:
+    release = threading.Event()
+    seen: dict[int, int] = {0: 0, 1: 0}
+    base = rig.workers.base_port
+
+    def health(port: int, timeout_s: float) -> ProbeResult:
+        seen[port - base] += 1
+        if port == base:
+            release.wait(10)  # far longer than a round: a worker that never answers
+        return ProbeResult(True, 1.0)
+
+    rig.wd.health = health
+    for _ in range(5):
+        rig.wd.round()
+        wait_until(
+            lambda: rig.wd.probes.get("primary_1") is None or rig.wd.probes["primary_1"][1].done()
+        )
+    assert seen[0] == 1  # one probe, still outstanding, never duplicated
+    assert seen[1] >= 4  # the other worker kept being probed every round
+    release.set()
+
+
+def test_unreachable_gateway_is_logged_once_and_restarts_go_on(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    link = GatewayLink(settings, decision_log(settings), timeout_s=0.2)
+    r = Rig(settings, gateway=link)
+    try:
+        r.round(3)
+        r.sup.set("primary_0", ProcessState.EXITED, 0, -9)
+        r.round()
+        r.clock.now += 1.1
+        r.round(3)
+        assert r.sup.calls.count(("start", "primary_0")) == 1
+        assert len(events(settings, "gateway_unreachable")) == 1
+    finally:
+        r.close()
+
+
+def test_run_stops_on_stop(tmp_path: Path) -> None:
+    r = Rig(make_settings(tmp_path))
+    thread = threading.Thread(target=r.wd.run)
+    thread.start()
+    wait_until(lambda: r.gw.summaries)
+    r.wd.stop()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    names = [e["event"] for e in read_log(r.settings)]
+    assert names[0] == "watchdog_started" and names[-1] == "watchdog_stopped"
+    summary = r.gw.summaries[-1]
+    assert summary["pid"] == os.getpid() and summary["limits"]["memory_limit_mb"] == 100
