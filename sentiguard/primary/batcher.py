@@ -1,0 +1,140 @@
+"""Micro-batching: coalesce concurrent requests into one forward pass.
+
+HTTP threads call `Batcher.submit(texts)` and block; one batcher thread takes the first
+waiting request, waits up to `max_wait_ms` for more (or until `max_batch_size` texts are
+gathered), runs them through `predict` as one list, and hands each caller its own slice
+in input order. An exception from `predict` goes to the callers of that batch only; the
+next batch runs as usual.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+# Every wait of the loop is bounded so a stop request is seen within this many seconds.
+TICK_S = 0.5
+
+
+class BatcherStopped(Exception):
+    """The batcher is stopping and takes no new work."""
+
+
+@dataclass
+class _Request(Generic[T]):
+    texts: Sequence[str]
+    future: Future[list[T]] = field(default_factory=Future)
+
+
+class Batcher(Generic[T]):
+    """One thread that runs `predict` over batches of concurrently submitted texts.
+
+    `predict(texts)` must return one result per text, in order. A single request larger
+    than `max_batch_size` is run on its own (the model splits it further).
+    """
+
+    def __init__(
+        self,
+        predict: Callable[[list[str]], list[T]],
+        max_batch_size: int,
+        max_wait_ms: float,
+    ) -> None:
+        self.predict = predict
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1000.0
+        self._queue: queue.Queue[_Request[T]] = queue.Queue()
+        self._carry: _Request[T] | None = None  # taken from the queue but did not fit
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self.run, name="batcher", daemon=True)
+        self.batches = 0
+        self.texts = 0
+
+    def start(self) -> Batcher[T]:
+        self._thread.start()
+        return self
+
+    def submit(self, texts: Sequence[str], timeout: float | None = None) -> list[T]:
+        """Predict `texts` in a shared batch; block until answered (or raise its error)."""
+        if self._stopping.is_set():
+            raise BatcherStopped("the worker is shutting down")
+        if not texts:
+            return []
+        request: _Request[T] = _Request(list(texts))
+        self._queue.put(request)
+        return request.future.result(timeout)
+
+    def stop(self, timeout: float) -> None:
+        """Finish queued work until `timeout`, then fail whatever is left."""
+        self._stopping.set()
+        self._thread.join(timeout)
+        for request in self._drain_queue():
+            request.future.set_exception(BatcherStopped("the worker is shutting down"))
+
+    def run(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch:
+                self._run_batch(batch)
+            elif self._stopping.is_set():
+                return
+
+    def _next_batch(self) -> list[_Request[T]]:
+        first = self._carry
+        self._carry = None
+        if first is None:
+            try:
+                first = self._queue.get(timeout=TICK_S)
+            except queue.Empty:
+                return []
+        batch, size = [first], len(first.texts)
+        deadline = time.monotonic() + self.max_wait_s
+        while size < self.max_batch_size:
+            left = deadline - time.monotonic()
+            try:
+                request = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if size + len(request.texts) > self.max_batch_size:
+                self._carry = request  # goes first in the next batch, keeping arrival order
+                break
+            batch.append(request)
+            size += len(request.texts)
+        return batch
+
+    def _run_batch(self, batch: list[_Request[T]]) -> None:
+        texts = [t for request in batch for t in request.texts]
+        try:
+            results = self.predict(texts)
+            if len(results) != len(texts):
+                raise RuntimeError(
+                    f"predict returned {len(results)} results for {len(texts)} texts"
+                )
+        except BaseException as e:  # each caller of this batch gets the error, nobody else
+            for request in batch:
+                request.future.set_exception(e)
+            if not isinstance(e, Exception):
+                raise
+            return
+        self.batches += 1
+        self.texts += len(texts)
+        start = 0
+        for request in batch:
+            end = start + len(request.texts)
+            request.future.set_result(results[start:end])
+            start = end
+
+    def _drain_queue(self) -> list[_Request[T]]:
+        left = [self._carry] if self._carry is not None else []
+        self._carry = None
+        while True:
+            try:
+                left.append(self._queue.get_nowait())
+            except queue.Empty:
+                return left

@@ -1,0 +1,101 @@
+"""Fault injection for tests: make a worker leak, hang, slow down or crash on request.
+
+Served as `POST /_fault` on the worker's loopback port only when `faults.enabled`; with it
+off the route does not exist (404). Each fault imitates the real failure as the watchdog
+would see it from outside:
+
+- leak {"mb": N}: allocate N MB, write every page so it counts in RSS/USS, keep it.
+- hang {"seconds": S}: every request, /health included, blocks until S passes, and
+  SIGTERM is ignored meanwhile, as in a process stuck in a C call; only SIGKILL ends it.
+- slow {"ms": M}: every forward pass (predictions and the health probe) takes M ms more.
+- crash: the process exits at once with CRASH_EXIT_CODE, not MODEL_LOAD_ERROR (4), so a
+  supervisor sees a crash, not "cannot start".
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from sentiguard.errors import BadRequest, ExitCode
+
+T = TypeVar("T")
+
+CRASH_EXIT_CODE = 70  # EX_SOFTWARE from sysexits.h
+assert CRASH_EXIT_CODE != ExitCode.MODEL_LOAD_ERROR
+PAGE = 4096
+LIMITS = {"mb": 65536, "seconds": 3600, "ms": 60000}
+
+
+class Faults:
+    """The faults currently injected into this worker. Thread-safe."""
+
+    def __init__(self, log: Callable[..., None]) -> None:
+        self.log = log
+        self._leaked: list[bytearray] = []
+        self._hang_until = 0.0
+        self._slow_s = 0.0
+        self._lock = threading.Lock()
+
+    @property
+    def leaked_mb(self) -> int:
+        return sum(len(b) for b in self._leaked) // (1024 * 1024)
+
+    def hanging(self) -> bool:
+        return time.monotonic() < self._hang_until
+
+    def gate(self) -> None:
+        """Block the calling request while a hang is injected."""
+        while (left := self._hang_until - time.monotonic()) > 0:
+            time.sleep(min(left, 0.5))
+
+    def slowed(self, predict: Callable[[list[str]], T]) -> Callable[[list[str]], T]:
+        """`predict` with the injected slowness added to each call."""
+
+        def run(texts: list[str]) -> T:
+            if self._slow_s > 0:
+                time.sleep(self._slow_s)
+            return predict(texts)
+
+        return run
+
+    def inject(self, body: Any) -> dict[str, Any]:
+        """Apply one fault from a request body; raise BadRequest naming what was wrong."""
+        if not isinstance(body, dict) or body.get("kind") not in ("leak", "hang", "slow", "crash"):
+            raise BadRequest(
+                'body must be {"kind": "leak"|"hang"|"slow"|"crash", ...}, e.g. '
+                '{"kind": "leak", "mb": 100}'
+            )
+        kind = body["kind"]
+        if kind == "crash":
+            self.log("fault_injected", kind=kind, exit_code=CRASH_EXIT_CODE)
+            # Let the answer leave first, then die without cleanup like a real crash.
+            threading.Timer(0.05, os._exit, args=(CRASH_EXIT_CODE,)).start()
+            return {"kind": kind, "exit_code": CRASH_EXIT_CODE}
+        key = {"leak": "mb", "hang": "seconds", "slow": "ms"}[kind]
+        value = body.get(key)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not 0 <= value <= LIMITS[key]
+        ):
+            raise BadRequest(f"{kind} needs {key!r}: a number from 0 to {LIMITS[key]}")
+        with self._lock:
+            if kind == "leak":
+                self._leak(int(value))
+            elif kind == "hang":
+                self._hang_until = time.monotonic() + float(value)
+            else:
+                self._slow_s = float(value) / 1000.0
+        self.log("fault_injected", kind=kind, **{key: value}, leaked_mb=self.leaked_mb)
+        return {"kind": kind, key: value, "leaked_mb": self.leaked_mb}
+
+    def _leak(self, mb: int) -> None:
+        block = bytearray(mb * 1024 * 1024)
+        # bytearray's zeroed memory may be untouched pages; write one byte a page so the
+        # kernel really backs them and RSS/USS grow by N MB.
+        block[::PAGE] = b"\x01" * len(range(0, len(block), PAGE))
+        self._leaked.append(block)

@@ -1,0 +1,396 @@
+"""The primary model: loading (ModelScope pipeline or transformers) and batched prediction.
+
+`load_model(settings)` returns a `PrimaryModel` whose `predict(texts)` gives one
+`Prediction` per text, in input order. Loading goes through ModelScope's own
+`pipeline(Tasks.text_classification, model=...)`, so the embedded directory and the real
+hub StructBERT take the same path. Prediction does not call the pipeline per text: its
+preprocessor pads every input to `sequence_length`, which makes a 20-character review
+cost a 128-token forward pass. Instead the batch is tokenized with the pipeline's own
+tokenizer, sorted by length, cut into buckets padded only to their longest member, and
+run through the pipeline's own model; a test checks the scores equal the plain pipeline
+call's.
+
+A model that cannot load raises `ModelLoadError` with `cause` one of missing, corrupt,
+import, memory and a message that names the fix; the worker turns it into exit code 4.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sentiguard.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    import torch
+
+    from sentiguard.settings import Settings
+
+POSITIVE_LABELS = frozenset({"正面", "positive", "pos", "label_1", "1"})
+NEGATIVE_LABELS = frozenset({"负面", "negative", "neg", "label_0", "0"})
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "sentencepiece.bpe.model", "spiece.model")
+HUB_ID = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+# Padded tokens a bucket may waste, as a fraction of its real tokens, before a new
+# bucket starts: short reviews are not padded to the length of the one long review.
+BUCKET_SLACK = 0.3
+
+FIX_RETRAIN = (
+    "restore it with `git checkout -- models/primary` or rebuild it with "
+    "`sentiguard train primary`, or set primary.model to another model directory or hub id"
+)
+FIX_INSTALL = "reinstall the dependencies with `make install` (pip install -r requirements.lock)"
+FIX_MEMORY = (
+    "give the worker more memory (or raise watchdog.memory_limit_mb and the container "
+    "limit), or set primary.model to a smaller model"
+)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One text's answer: probability of positive, and whether the text was cut to fit."""
+
+    p_positive: float
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the model comes from: a local directory, or a hub id (never both)."""
+
+    name: str  # as configured: "models/primary" or "damo/nlp_structbert_..."
+    local_dir: Path | None
+    hub_id: str | None
+
+
+def resolve_source(settings: Settings) -> ModelSource:
+    """A setting naming an existing directory is local and never touches the hub.
+
+    Anything else that looks like "owner/name" is a hub id. ModelScope itself treats a
+    relative path such as "models/primary" as a hub id too (one slash), so the worker
+    always hands it an absolute path.
+    """
+    name = str(settings.get("primary.model"))
+    path = settings.path("primary.model")
+    if path.exists() or Path(name).is_absolute() or not HUB_ID.match(name):
+        return ModelSource(name, path, None)
+    return ModelSource(name, None, name)
+
+
+def p_positive_from_output(output: dict[str, Any]) -> float:
+    """Map a pipeline's `{'labels': [...], 'scores': [...]}` to the probability of positive.
+
+    Accepts "正面"/"负面" (the hub model) and positive/negative, LABEL_1/LABEL_0, 1/0 ids.
+    """
+    scores = dict(zip((str(x).lower() for x in output["labels"]), output["scores"], strict=True))
+    for label, score in scores.items():
+        if label in POSITIVE_LABELS:
+            return float(score)
+    for label, score in scores.items():
+        if label in NEGATIVE_LABELS:
+            return 1.0 - float(score)
+    raise ValueError(f"labels {output['labels']!r} name neither a positive nor a negative class")
+
+
+def positive_index(id2label: dict[Any, Any]) -> int:
+    """The logit index of the positive class, from a config's id2label."""
+    for index, label in id2label.items():
+        if str(label).lower() in POSITIVE_LABELS:
+            return int(index)
+    if len(id2label) == 2:
+        for index, label in id2label.items():
+            if str(label).lower() in NEGATIVE_LABELS:
+                return 1 - int(index)
+    raise ModelLoadError(
+        f"the model's labels {id2label!r} name no positive class. Fix: set id2label in its "
+        f"config.json to {{'0': '负面', '1': '正面'}} (or negative/positive).",
+        "corrupt",
+    )
+
+
+def weights_sha256(directory: Path) -> str:
+    """sha256 over every weight file of the directory, in name order."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.iterdir() if p.suffix in WEIGHT_SUFFIXES):
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+class PrimaryModel:
+    """A sequence classifier with batched, length-bucketed inference.
+
+    `predict` is not thread-safe: one caller at a time (the worker's batcher thread).
+    `name` is the model as configured; `version` is "<name>@<12 hex of the weights' sha256>".
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        version: str,
+        tokenizer: Any,
+        forward: Callable[..., Any],
+        positive: int,
+        sequence_length: int,
+        long_text: str,
+        max_batch: int,
+        pipeline: Any = None,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.tokenizer = tokenizer
+        self._forward = forward
+        self._positive = positive
+        self.sequence_length = sequence_length
+        self.long_text = long_text
+        self.max_batch = max_batch
+        self.pipeline = pipeline  # the ModelScope pipeline, for the one-call-per-text path
+
+    def predict(self, texts: Sequence[str]) -> list[Prediction]:
+        """One Prediction per text, in input order."""
+        import torch
+
+        room = self.sequence_length - self.tokenizer.num_special_tokens_to_add()
+        content = self.tokenizer(list(texts), add_special_tokens=False, truncation=False)
+        segments: list[tuple[int, list[int]]] = []  # (text index, token ids with specials)
+        truncated: list[bool] = []
+        for i, ids in enumerate(content["input_ids"]):
+            truncated.append(len(ids) > room)
+            for piece in self._pieces(ids, room):
+                segments.append((i, self.tokenizer.build_inputs_with_special_tokens(piece)))
+        sums = [0.0] * len(texts)
+        counts = [0] * len(texts)
+        with torch.inference_mode():
+            for bucket in self._buckets(sorted(segments, key=lambda s: len(s[1]))):
+                probs = self._probabilities([ids for _, ids in bucket])
+                for (i, _), p in zip(bucket, probs, strict=True):
+                    sums[i] += p
+                    counts[i] += 1
+        return [Prediction(s / c, t) for s, c, t in zip(sums, counts, truncated, strict=True)]
+
+    def predict_pipeline(self, texts: Sequence[str]) -> list[Prediction]:
+        """The plain ModelScope pipeline, one call per text: the reference the batched path
+        must equal, and the "Flask wraps pipeline" baseline of bench/primary.py."""
+        if self.pipeline is None:
+            raise RuntimeError(f"{self.name}: no ModelScope pipeline (backend transformers)")
+        room = self.sequence_length - self.tokenizer.num_special_tokens_to_add()
+        out = []
+        for text in texts:
+            n = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            out.append(Prediction(p_positive_from_output(self.pipeline(text)), n > room))
+        return out
+
+    def _pieces(self, ids: list[int], room: int) -> list[list[int]]:
+        if len(ids) <= room or self.long_text == "truncate":
+            return [ids[:room]]
+        # Half-overlapping windows, the last one flush with the end of the text.
+        stride = max(room // 2, 1)
+        starts = [*range(0, len(ids) - room, stride), len(ids) - room]
+        return [ids[s : s + room] for s in starts]
+
+    def _buckets(self, segments: list[tuple[int, list[int]]]) -> list[list[tuple[int, list[int]]]]:
+        """Cut length-sorted segments into runs whose padding waste stays under BUCKET_SLACK."""
+        buckets: list[list[tuple[int, list[int]]]] = []
+        current: list[tuple[int, list[int]]] = []
+        real = 0
+        for segment in segments:
+            n = len(segment[1])
+            if current and (
+                len(current) >= self.max_batch
+                or n * (len(current) + 1) > (1 + BUCKET_SLACK) * (real + n)
+            ):
+                buckets.append(current)
+                current, real = [], 0
+            current.append(segment)
+            real += n
+        if current:
+            buckets.append(current)
+        return buckets
+
+    def _probabilities(self, batch: list[list[int]]) -> list[float]:
+        import torch
+
+        longest = max(len(ids) for ids in batch)
+        pad = self.tokenizer.pad_token_id or 0
+        input_ids = torch.full((len(batch), longest), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), longest), dtype=torch.long)
+        for row, ids in enumerate(batch):
+            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            mask[row, : len(ids)] = 1
+        out = self._forward(
+            input_ids=input_ids, attention_mask=mask, token_type_ids=torch.zeros_like(input_ids)
+        )
+        logits = _logits(out)
+        return torch.softmax(logits.float(), dim=-1)[:, self._positive].tolist()
+
+
+def _logits(out: Any) -> torch.Tensor:
+    if isinstance(out, dict) or hasattr(out, "keys"):
+        return out["logits"]
+    return out.logits if hasattr(out, "logits") else out[0]
+
+
+def import_backend(backend: str) -> None:
+    """Import the heavy libraries of a backend (torch, transformers, modelscope).
+
+    Kept apart from loading so the worker can report import time and memory separately.
+    """
+    names = ["torch", "transformers"]
+    if backend == "modelscope":
+        names += ["modelscope.pipelines", "modelscope.models.nlp.structbert"]
+    for module in names:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ModelLoadError(
+                f"cannot import {module} for primary.backend={backend}: {e}. Fix: {FIX_INSTALL}.",
+                "import",
+            ) from e
+
+
+def preflight(settings: Settings) -> ModelSource:
+    """Check a local model directory's files before the slow imports; name what is wrong."""
+    source = resolve_source(settings)
+    if source.local_dir is not None:
+        _check_directory(source.local_dir)
+    return source
+
+
+def load_model(settings: Settings) -> PrimaryModel:
+    """Load the configured primary model; raise ModelLoadError naming cause and fix."""
+    source = preflight(settings)
+    import_backend(settings.get("primary.backend"))
+    import torch
+
+    torch.set_num_threads(settings.get("primary.torch_threads"))
+    directory = _fetch(source) if source.hub_id else source.local_dir
+    assert directory is not None
+    if source.hub_id:
+        _check_directory(directory)
+    try:
+        model = _build(settings, source, directory)
+    except ModelLoadError:
+        raise
+    except Exception as e:
+        raise classify(e, source.name) from e
+    return model
+
+
+def _fetch(source: ModelSource) -> Path:
+    """Download a hub id (ModelScope caches it); only ever called for a hub id."""
+    hub = importlib.import_module("modelscope.hub.snapshot_download")
+    try:
+        return Path(hub.snapshot_download(source.hub_id))
+    except Exception as e:
+        raise ModelLoadError(
+            f"cannot fetch {source.hub_id} from the ModelScope hub: {e}. Fix: let this machine "
+            f"reach modelscope.cn, or download it elsewhere and set primary.model to its "
+            f'directory, or use the embedded model (primary.model = "models/primary").',
+            "missing",
+        ) from e
+
+
+def _check_directory(directory: Path) -> None:
+    """Name the missing or damaged file before ModelScope fails with a less direct error."""
+    if not directory.is_dir():
+        raise ModelLoadError(
+            f"model directory {directory} does not exist. Fix: {FIX_RETRAIN}.", "missing"
+        )
+    for required in ("config.json", "configuration.json"):
+        path = directory / required
+        if required == "configuration.json" and not path.exists():
+            continue  # a plain Hugging Face directory (transformers backend) has none
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as e:
+            raise ModelLoadError(f"{path} is missing. Fix: {FIX_RETRAIN}.", "missing") from e
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ModelLoadError(
+                f"{path} is not valid JSON ({e}). Fix: {FIX_RETRAIN}.", "corrupt"
+            ) from e
+    if not any(p.suffix in WEIGHT_SUFFIXES for p in directory.iterdir()):
+        raise ModelLoadError(
+            f"{directory} has no weights file (model.safetensors or pytorch_model.bin). "
+            f"Fix: {FIX_RETRAIN}.",
+            "missing",
+        )
+    if not any((directory / f).exists() for f in TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"{directory} has no tokenizer file ({', '.join(TOKENIZER_FILES)}). "
+            f"Fix: {FIX_RETRAIN}.",
+            "missing",
+        )
+
+
+def _build(settings: Settings, source: ModelSource, directory: Path) -> PrimaryModel:
+    seq = settings.get("primary.sequence_length")
+    version = f"{source.name}@{weights_sha256(directory)[:12]}"
+    common: dict[str, Any] = {
+        "name": source.name,
+        "version": version,
+        "sequence_length": seq,
+        "long_text": settings.get("primary.long_text"),
+        "max_batch": settings.get("primary.max_batch_size"),
+    }
+    if settings.get("primary.backend") == "transformers":
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        hf = AutoModelForSequenceClassification.from_pretrained(str(directory)).eval()
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+        return PrimaryModel(
+            tokenizer=tokenizer,
+            forward=hf,
+            positive=positive_index(hf.config.id2label),
+            **common,
+        )
+    from modelscope.pipelines import pipeline
+    from modelscope.utils.constant import Tasks
+
+    # Always the absolute directory: a hub id was fetched above, a local path stays local.
+    pipe = pipeline(Tasks.text_classification, model=str(directory), sequence_length=seq)
+    net = pipe.model.eval()  # the pipeline sets eval() on its first call; we may skip that call
+    id2label = getattr(pipe, "id2label", None) or net.config.id2label
+    return PrimaryModel(
+        tokenizer=pipe.preprocessor.nlp_tokenizer.tokenizer,
+        forward=net,
+        positive=positive_index(id2label),
+        pipeline=pipe,
+        **common,
+    )
+
+
+def classify(error: BaseException, name: str) -> ModelLoadError:
+    """Turn whatever loading raised into a ModelLoadError with a cause and a fix."""
+    chain: list[BaseException] = []
+    seen: BaseException | None = error
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    text = " | ".join(f"{type(e).__name__}: {e}" for e in chain)
+    lowered = text.lower()
+    if any(isinstance(e, MemoryError) for e in chain) or any(
+        s in lowered for s in ("can't allocate memory", "out of memory", "not enough memory")
+    ):
+        return ModelLoadError(
+            f"loading {name} ran out of memory ({text}). Fix: {FIX_MEMORY}.", "memory"
+        )
+    if any(isinstance(e, ImportError) for e in chain):
+        return ModelLoadError(
+            f"loading {name} failed to import ({text}). Fix: {FIX_INSTALL}.", "import"
+        )
+    if any(isinstance(e, FileNotFoundError) for e in chain):
+        return ModelLoadError(
+            f"loading {name}: a file is missing ({text}). Fix: {FIX_RETRAIN}.", "missing"
+        )
+    return ModelLoadError(
+        f"{name} is damaged or not a text-classification model ({text}). Fix: {FIX_RETRAIN}.",
+        "corrupt",
+    )
