@@ -1,0 +1,179 @@
+"""Every malformed request gets its 4xx in the one JSON error shape, and the app stays healthy."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from sentiguard.gateway.app import create_app, gateway_of
+from sentiguard.gateway.validation import json_depth
+from tests.gateway_helpers import FakeFallback, ListLog, make_settings
+
+LIMITS = {
+    "gateway.max_body_bytes": 4000,
+    "gateway.max_text_chars": 50,
+    "gateway.max_texts": 3,
+    "gateway.max_json_depth": 4,
+}
+JSON = "application/json"
+
+
+@pytest.fixture(scope="module")
+def app() -> Iterator[Flask]:
+    # No worker listens on these ports: every valid request is answered by the fallback.
+    app = create_app(
+        make_settings(**LIMITS, **{"primary.base_port": 1, "primary.workers": 1}),
+        fallback=FakeFallback(),
+        log=ListLog(),
+        start_poller=False,
+    )
+    yield app
+    gateway_of(app).close()
+
+
+# (case id, request kwargs for the test client, status, error code, words the message names)
+CASES: list[tuple[str, dict[str, Any], int, str, str]] = [
+    ("empty text", {"json": {"text": ""}}, 400, "empty_text", "empty"),
+    ("blank text", {"json": {"text": "  \n\t"}}, 400, "empty_text", "empty"),
+    ("non-string text", {"json": {"text": 123}}, 400, "not_a_string", "string"),
+    ("null text", {"json": {"text": None}}, 400, "not_a_string", "string"),
+    ("no text key", {"json": {"review": "好"}}, 400, "missing_text", '"text"'),
+    ("both keys", {"json": {"text": "好", "texts": ["好"]}}, 400, "missing_text", "exactly one"),
+    ("not an object", {"json": ["好"]}, 400, "missing_text", "object"),
+    ("texts not a list", {"json": {"texts": "好"}}, 400, "bad_texts", "list"),
+    ("texts empty", {"json": {"texts": []}}, 400, "bad_texts", "non-empty"),
+    ("bad item in batch", {"json": {"texts": ["好", 7, "差"]}}, 400, "not_a_string", "texts[1]"),
+    ("empty item in batch", {"json": {"texts": ["好", "差", ""]}}, 400, "empty_text", "texts[2]"),
+    ("too many texts", {"json": {"texts": ["好"] * 4}}, 400, "too_many_texts", "limit is 3"),
+    ("text too long", {"json": {"text": "好" * 51}}, 400, "text_too_long", "limit is 50"),
+    ("long item", {"json": {"texts": ["好", "好" * 51]}}, 400, "text_too_long", "texts[1]"),
+    (
+        "invalid JSON",
+        {"data": '{"text": "好"'.encode(), "content_type": JSON},
+        400,
+        "invalid_json",
+        "not valid JSON",
+    ),
+    (
+        "invalid UTF-8",
+        {"data": b'{"text": "\xff\xfe"}', "content_type": JSON},
+        400,
+        "invalid_utf8",
+        "UTF-8",
+    ),
+    (
+        "lone surrogate escape",
+        {"data": b'{"text": "\\ud800"}', "content_type": JSON},
+        400,
+        "invalid_utf8",
+        "surrogate",
+    ),
+    (
+        "deeply nested JSON",
+        {"data": b'{"text": ' + b"[" * 50 + b"]" * 50 + b"}", "content_type": JSON},
+        400,
+        "json_too_deep",
+        "nested deeper than 4",
+    ),
+    (
+        "hostile nesting",
+        {"data": b"[" * 100_000, "content_type": JSON},
+        413,
+        "payload_too_large",
+        "4000 bytes",
+    ),
+    (
+        "wrong content type",
+        {"data": '{"text": "好"}'.encode(), "content_type": "text/plain"},
+        415,
+        "unsupported_media_type",
+        "application/json",
+    ),
+    (
+        "no content type",
+        {"data": '{"text": "好"}'.encode()},
+        415,
+        "unsupported_media_type",
+        "application/json",
+    ),
+    (
+        "wrong charset",
+        {"data": '{"text": "好"}'.encode("gbk"), "content_type": JSON + "; charset=gbk"},
+        415,
+        "unsupported_media_type",
+        "UTF-8",
+    ),
+    (
+        "body too long",
+        {"json": {"texts": ["好" * 40] * 3, "pad": "x" * 5000}},
+        413,
+        "payload_too_large",
+        "4000 bytes",
+    ),
+    (
+        "bad deadline header",
+        {"json": {"text": "好"}, "headers": {"X-Deadline-Ms": "soon"}},
+        400,
+        "bad_deadline",
+        "X-Deadline-Ms",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code", "names"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_bad_analyze_request_is_a_4xx_in_the_one_error_shape(
+    app: Flask, kwargs: dict[str, Any], status: int, code: str, names: str
+) -> None:
+    response = app.test_client().post("/analyze", **kwargs)
+    assert response.status_code == status
+    body = response.get_json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+    assert body["error"]["code"] == code
+    assert names in body["error"]["message"]
+    assert response.headers["X-Request-ID"]
+
+
+def test_deep_nesting_inside_a_string_is_not_nesting() -> None:
+    assert json_depth('{"text": "[[[[[[[[[[{{{{{"}') == 1
+    assert json_depth('{"text": "\\"[[[[["}') == 1
+    assert json_depth('{"texts": [["a"]]}') == 3
+    assert json_depth("[" * 100_000) == 100_000  # counted, not recursed
+
+
+def test_unknown_route_is_404_in_the_same_shape(app: Flask) -> None:
+    response = app.test_client().get("/nope")
+    assert response.status_code == 404
+    assert response.get_json()["error"]["code"] == "not_found"
+    assert "/analyze" in response.get_json()["error"]["message"]
+
+
+def test_wrong_method_is_405_in_the_same_shape(app: Flask) -> None:
+    response = app.test_client().get("/analyze")
+    assert response.status_code == 405
+    assert response.get_json()["error"]["code"] == "method_not_allowed"
+    assert "POST" in response.headers["Allow"]
+    assert response.get_json()["error"]["message"].endswith("use OPTIONS, POST.")
+
+
+def test_control_routes_do_not_exist_on_the_public_app(app: Flask) -> None:
+    client = app.test_client()
+    response = client.put("/control/workers/primary_0", json={"drain": True})
+    assert response.status_code == 404
+    assert client.put("/control/watchdog", json={}).status_code == 404
+
+
+def test_app_stays_healthy_after_every_bad_request(app: Flask) -> None:
+    client = app.test_client()
+    for _, kwargs, *_ in CASES:
+        client.post("/analyze", **kwargs)
+    assert client.get("/health").status_code == 200
+    assert client.get("/ready").status_code == 200
+    good = client.post("/analyze", json={"text": "很好"})
+    assert good.status_code == 200 and good.get_json()["label"] == "positive"
+    metrics = client.get("/metrics").text
+    assert 'sentiguard_rejected_total{code="empty_text"}' in metrics
