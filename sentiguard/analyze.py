@@ -68,7 +68,10 @@ def read_reviews(path: str | Path) -> list[str]:
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not valid UTF-8. Hint: save the file as UTF-8.") from e
     if suffix == ".txt":
-        texts = [line for line in content.splitlines() if line.strip()]
+        # Only CR/LF end a line (str.splitlines would also split on \x0c, \x85, U+2028...),
+        # so the CLI and the web UI see the same rows.
+        lines = content.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        texts = [line for line in lines if line.strip()]
     else:
         texts = _read_table(path, content, "\t" if suffix != ".csv" else ",")
     if not texts:
@@ -115,13 +118,14 @@ class Analyzer(Protocol):
 class ServiceClient:
     """POST /analyze on the running gateway, retrying 503s after their Retry-After."""
 
-    def __init__(self, settings: Settings, *, sleep: Callable[[float], None] = time.sleep):
+    def __init__(self, settings: Settings, *, sleep: Callable[[float], None] | None = None):
         host = settings.get("gateway.host")
         if host in ("0.0.0.0", "::", ""):
             host = "127.0.0.1"  # a wildcard bind is reachable on loopback
         host = f"[{host}]" if ":" in host else host
         self.url = f"http://{host}:{settings.get('gateway.port')}"
-        self.sleep = sleep
+        self.sleep = sleep or time.sleep
+        self.reached = False  # once the service answered, a refused connection is a restart
         self.session = requests.Session()
         self.session.headers["Content-Type"] = "application/json"
         if settings.get("gateway.api_key"):
@@ -131,8 +135,17 @@ class ServiceClient:
         status, body = self._post({"texts": texts})
         if status == 200:
             return list(body["results"])
+        code = _error_code(body, status)
+        if status >= 500:
+            raise SentiguardError(
+                f"the service at {self.url} failed with HTTP {status} ({code}). Hint: see "
+                f"the gateway's log and `sentiguard status`, or add --local."
+            )
         if len(texts) == 1:
-            return [failed(texts[0], _error_code(body, status))]
+            return [failed(texts[0], code)]
+        if status == 413 or code == "too_many_texts":  # the service's caps are lower than ours
+            half = len(texts) // 2
+            return self.analyze(texts[:half]) + self.analyze(texts[half:])
         # One bad text rejects its whole chunk (the API names its index); ask one by one
         # so only that row is marked and the others still get their answer.
         return [row for text in texts for row in self.analyze([text])]
@@ -151,8 +164,18 @@ class ServiceClient:
         while True:
             try:
                 r = self.session.post(f"{self.url}/analyze", data=body, timeout=(3, 120))
+            except requests.Timeout as e:
+                if isinstance(e, requests.ConnectTimeout) and not self.reached:
+                    raise SentiguardError(
+                        f"no sentiguard service answers at {self.url}. Hint: start it with "
+                        f"`sentiguard up`, or add --local."
+                    ) from e
+                raise SentiguardError(
+                    f"the service at {self.url} did not answer within 120 s. Hint: check "
+                    f"`sentiguard status`; retry, or add --local."
+                ) from e
             except requests.ConnectionError as e:
-                if connect_wait >= CONNECT_RETRY_S:
+                if not self.reached or connect_wait >= CONNECT_RETRY_S:
                     raise SentiguardError(
                         f"the sentiguard service is not running at {self.url}. Hint: start "
                         f"it with `sentiguard up` (another shell), or add --local to analyze "
@@ -161,6 +184,7 @@ class ServiceClient:
                 connect_wait += 1.0
                 self.sleep(1.0)
                 continue
+            self.reached = True
             if r.status_code == 401:
                 raise SentiguardError(
                     f"{self.url} needs an API key. Hint: set SENTIGUARD_GATEWAY_API_KEY "
