@@ -317,6 +317,9 @@ def test_control_drain_answers_in_flight_and_watchdog_report_lands(
 # --- the real process over real HTTP ------------------------------------------------------
 
 
+GATEWAY_CMD = [sys.executable, "-m", "sentiguard.gateway"]
+
+
 def gateway_env(**overrides: Any) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SENTIGUARD_")}
     env.update(make_settings(**overrides).as_env())
@@ -346,7 +349,7 @@ class GatewayProcess:
         self.settings = make_settings(**self.overrides)
         self.out = (tmp_path / "gateway.out").open("w+")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sentiguard.gateway"],
+            GATEWAY_CMD,
             env=gateway_env(**self.overrides),
             cwd=ROOT,
             stdout=self.out,

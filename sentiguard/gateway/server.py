@@ -75,7 +75,7 @@ class GatewayServer:
 
     @property
     def port(self) -> int:
-        return int(self.public.effective_port)
+        return int(_listeners(self.public)[0].effective_port)
 
     def run(self) -> int:
         for server, name in ((self.public, "public"), (self.control, "control")):
@@ -117,15 +117,20 @@ class GatewayServer:
         return ExitCode.OK
 
     def _stop_accepting(self) -> None:
-        server = self.public
-        if not isinstance(server, BaseWSGIServer):
-            return
-        server.accepting = False
-        # On Linux, shutdown() of a listening socket refuses new connections at once
-        # instead of leaving them in the backlog until the process exits.
-        with contextlib.suppress(OSError):
-            server.socket.shutdown(socket.SHUT_RDWR)
-        server.pull_trigger()
+        for server in _listeners(self.public):
+            server.accepting = False
+            # On Linux, shutdown() of a listening socket refuses new connections at once
+            # instead of leaving them in the backlog until the process exits.
+            with contextlib.suppress(OSError):
+                server.socket.shutdown(socket.SHUT_RDWR)
+            server.pull_trigger()
+
+
+def _listeners(server: BaseWSGIServer | MultiSocketServer) -> list[BaseWSGIServer]:
+    """The listening servers: one, or several when a host name resolves to several addresses."""
+    if isinstance(server, BaseWSGIServer):
+        return [server]
+    return [s for s in server.map.values() if isinstance(s, BaseWSGIServer)]
 
 
 def main() -> int:
