@@ -98,6 +98,7 @@ class Watchdog:
         self.actions: dict[str, threading.Thread] = {}
         self._supervisor_ok: bool | None = None
         self._reload_seen: int | None = None
+        self.rounds = 0  # rounds done: lets tests and chaos runs wait for "N rounds later"
 
     # --- process lifecycle -------------------------------------------------------------
 
@@ -129,6 +130,7 @@ class Watchdog:
             for name in sorted(infos):
                 self._check(self._record(name), infos[name], lock)
         self._report(lock)
+        self.rounds += 1
 
     def _processes(self) -> dict[str, ProcessInfo] | None:
         try:
