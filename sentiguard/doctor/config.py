@@ -17,14 +17,23 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def describe_sources(settings: Settings) -> str:
+    """Where the values came from, e.g. "conf/x.toml + 3 SENTIGUARD_* variables"."""
+    sources = set(settings.sources.values()) - {"default"}
+    env = sum(1 for v in sources if v.startswith("environment "))
+    parts = sorted(v for v in sources if not v.startswith("environment "))
+    if env:
+        parts.append(f"{env} SENTIGUARD_* variable{'s' if env > 1 else ''}")
+    return " + ".join(parts) if parts else "built-in defaults"
+
+
 def check_settings(settings: Settings) -> list[Result]:
     """What each setting's own validator cannot see: how settings fit together.
 
     (A wrong type or range never gets here: loading the settings already refused it.)
     """
     s = settings.get
-    sources = sorted({v for v in settings.sources.values() if v != "default"})
-    origin = ", ".join(sources) if sources else "built-in defaults"
+    origin = describe_sources(settings)
     problems: list[Result] = []
     workers, base, gw_port = (
         int(s("primary.workers")),
