@@ -21,9 +21,11 @@ import io
 import json
 import os
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,6 +41,7 @@ RESULT_COLUMNS = ("text", "label", "label_zh", "score", "model", "degraded", "re
 # 64 short reviews fit that deadline on a small CPU model, 256 may not (and would then all
 # come back from the fallback with reason primary_timeout).
 CHUNK_TEXTS = 64
+LANES = 2  # chunks in flight at once: one per default primary worker
 MAX_SHED_WAIT_S = 120.0  # a service that sheds load this long is not coming back soon
 CONNECT_RETRY_S = 10.0  # supervisord restarts a crashed gateway within a few seconds
 REASONS = {
@@ -126,10 +129,19 @@ class ServiceClient:
         self.url = f"http://{host}:{settings.get('gateway.port')}"
         self.sleep = sleep or time.sleep
         self.reached = False  # once the service answered, a refused connection is a restart
-        self.session = requests.Session()
-        self.session.headers["Content-Type"] = "application/json"
+        self.headers = {"Content-Type": "application/json"}
         if settings.get("gateway.api_key"):
-            self.session.headers["X-API-Key"] = settings.get("gateway.api_key")
+            self.headers["X-API-Key"] = settings.get("gateway.api_key")
+        self._local = threading.local()
+
+    @property
+    def session(self) -> requests.Session:
+        """One keep-alive session per thread: requests.Session is not thread-safe."""
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+            session.headers.update(self.headers)
+        return session
 
     def analyze(self, texts: list[str]) -> list[dict[str, Any]]:
         status, body = self._post({"texts": texts})
@@ -258,30 +270,38 @@ def analyze_rows(
     chunk: int,
     max_chars: int | None,
     max_bytes: int = 1_000_000,
+    lanes: int = 1,
     progress: Callable[[int], None] = lambda n: None,
-) -> Iterator[dict[str, Any]]:
-    """Yield one result row per text, in order, sending valid texts in `chunks`.
+) -> list[dict[str, Any]]:
+    """One result row per text, in order, valid texts sent in `chunks`, `lanes` at a time.
 
-    Empty texts and texts over `max_chars` are not sent; they yield `failed` rows.
+    Empty texts and texts over `max_chars` are not sent; they get `failed` rows. The first
+    error stops the run: chunks not yet sent are cancelled.
     """
-    for part in chunks(texts, chunk, max_bytes):
-        rows: list[dict[str, Any] | None] = [None] * len(part)
+
+    def one(part: list[str]) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = [failed(text, "empty_text") for text in part]
         send: list[int] = []
         for i, text in enumerate(part):
-            if not text.strip():
-                rows[i] = failed(text, "empty_text")
-            elif max_chars is not None and len(text) > max_chars:
+            if max_chars is not None and len(text.strip()) > max_chars:
                 rows[i] = failed(text, "text_too_long")
-            else:
+            elif text.strip():
                 send.append(i)
         if send:
             answers = analyzer.analyze([part[i].strip() for i in send])
             for i, answer in zip(send, answers, strict=True):
                 rows[i] = {**answer, "text": part[i]}
-        progress(len(part))
-        for row in rows:
-            assert row is not None
-            yield row
+        return rows
+
+    results: list[dict[str, Any]] = []
+    pool = ThreadPoolExecutor(lanes, thread_name_prefix="analyze")
+    try:
+        for rows in pool.map(one, chunks(texts, chunk, max_bytes)):  # map keeps input order
+            results.extend(rows)
+            progress(len(rows))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return results
 
 
 def _csv_value(value: Any) -> Any:
@@ -377,15 +397,14 @@ def analyze_command(
     chunk = min(CHUNK_TEXTS, settings.get("gateway.max_texts"))
     max_bytes = settings.get("gateway.max_body_bytes") // 2  # leaves room for the JSON around
     with tqdm(total=len(texts), unit="review", file=sys.stderr, desc="analyze") as bar:
-        rows = list(
-            analyze_rows(
-                analyzer,
-                texts,
-                chunk=chunk,
-                max_chars=max_chars,
-                max_bytes=max_bytes,
-                progress=bar.update,
-            )
+        rows = analyze_rows(
+            analyzer,
+            texts,
+            chunk=chunk,
+            max_chars=max_chars,
+            max_bytes=max_bytes,
+            lanes=1 if local else LANES,
+            progress=bar.update,
         )
     write_results(rows, out, as_json)
     print(summary(rows) + (f" -> {out}" if out else ""), file=sys.stderr)

@@ -197,7 +197,8 @@ def test_file_goes_in_capped_chunks_and_comes_back_one_row_per_input_row_in_orde
     assert all(0 < len(r) <= 5 for r in fake.requests)
     assert "长" * 21 not in [t for chunk in fake.requests for t in chunk]
     # the shed chunk was sent again; the rejected chunk was retried text by text
-    assert fake.requests[0] == fake.requests[1]
+    sent = [tuple(chunk) for chunk in fake.requests]
+    assert len(set(sent)) == len(sent) - 1
     assert ["BAD review"] in fake.requests
 
 
