@@ -91,7 +91,15 @@ def check_model(
         if not (directory / name).is_file():
             return fail(check, f"{directory}/{name} is missing", rebuild)
     for name, want in hashed.items():
-        if sha256_file(directory / name) != want:
+        try:
+            have = sha256_file(directory / name)
+        except OSError as e:
+            return fail(
+                check,
+                f"{directory}/{name} cannot be read: {e.strerror or e}",
+                f"let the service's user read it: chmod -R a+rX {directory}",
+            )
+        if have != want:
             return fail(
                 check,
                 f"{directory}/{name}: sha256 differs from manifest.json (corrupt or replaced)",
