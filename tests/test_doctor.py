@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from sentiguard.doctor.resources import (
     check_memory,
     check_writable,
     memory_budget_mb,
+    service_rss_mb,
 )
 from sentiguard.settings import ROOT
 from tests.harness import ServiceHandle, free_port, free_port_block
@@ -425,6 +427,29 @@ def test_cgroup_limit_counts(tmp_path: Path) -> None:
     assert cgroup_available_mb(tmp_path) is None
 
 
+def test_running_service_memory_counts_as_available(run_dir: Path) -> None:
+    settings = socket_settings(run_dir)
+    assert service_rss_mb(settings) == 0.0  # no pid file: not running
+    # A stand-in supervisord with one child, its pid where supervisord writes it.
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, sys; subprocess.run(['sleep', '60'])"],
+        start_new_session=True,
+    )
+    try:
+        supervisord.pid_path(settings).write_text(f"{proc.pid}\n")
+        import psutil
+
+        root = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 10
+        while not root.children() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        expected = sum(p.memory_info().rss for p in [root, *root.children()]) / 2**20
+        assert service_rss_mb(settings) == pytest.approx(expected, rel=0.2)
+    finally:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+
+
 def test_unwritable_log_dir_fails_naming_the_setting(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
@@ -473,3 +498,5 @@ def test_running_service_ports_and_socket_pass(healthy_service: ServiceHandle) -
     assert "our running sentiguard.primary" in ports[1].detail
     sock = check_supervisor_socket(settings)
     assert sock.status is Status.PASS and "live" in sock.detail, sock.line()
+    memory = check_memory(settings)
+    assert "the running service holds" in memory.detail, memory.line()

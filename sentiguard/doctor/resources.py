@@ -7,6 +7,7 @@ from pathlib import Path
 
 import psutil
 
+from sentiguard import supervisord
 from sentiguard.doctor.report import Result, fail, ok, warn
 from sentiguard.settings import Settings
 
@@ -15,9 +16,6 @@ from sentiguard.settings import Settings
 # docs/deploy.md and the Kubernetes limits are derived from the same numbers.
 GATEWAY_MB = 400
 SUPPORT_MB = 100
-
-
-# --- memory, directories, settings ------------------------------------------------------
 
 
 def memory_budget_mb(settings: Settings) -> int:
@@ -45,17 +43,44 @@ def cgroup_available_mb(root: Path = Path("/sys/fs/cgroup")) -> float | None:
     return None
 
 
+def service_rss_mb(settings: Settings) -> float:
+    """RSS of this instance's running supervisord and its process tree (0 when not running).
+
+    A running service already holds its memory: it counts as available to itself, or doctor
+    would fail a healthy running service on a host sized for exactly one instance.
+    """
+    try:
+        pid = int(supervisord.pid_path(settings).read_text().strip())
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except (OSError, ValueError, psutil.Error):
+        return 0.0
+    total = 0
+    for proc in tree:
+        try:
+            total += proc.memory_info().rss
+        except psutil.Error:
+            continue
+    return total / 2**20
+
+
 def check_memory(settings: Settings, available_mb: float | None = None) -> Result:
+    """Available memory (the cgroup's when tighter than the host's) against the budget."""
+    note = ""
     if available_mb is None:
         available_mb = psutil.virtual_memory().available / 2**20
         in_cgroup = cgroup_available_mb()
         if in_cgroup is not None:
             available_mb = min(available_mb, in_cgroup)
+        running = service_rss_mb(settings)
+        if running:
+            available_mb += running
+            note = f" (incl. {running:.0f} MB the running service holds)"
     need = memory_budget_mb(settings)
     workers = int(settings.get("primary.workers"))
     limit = int(settings.get("watchdog.memory_limit_mb"))
     detail = (
-        f"{available_mb:.0f} MB available; needs {need} MB = {workers} workers x "
+        f"{available_mb:.0f} MB available{note}; needs {need} MB = {workers} workers x "
         f"{limit} MB (watchdog.memory_limit_mb) + {GATEWAY_MB} gateway + {SUPPORT_MB} "
         f"supervisord/watchdog"
     )
