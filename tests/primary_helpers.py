@@ -1,0 +1,131 @@
+"""Helpers for the primary worker tests: start a real worker process, poll it, stop it.
+
+Each worker runs in its own session on a free loopback port with temporary run/log
+directories, so tests never collide with another engineer's service or tests, and
+teardown kills its whole process group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from sentiguard.settings import ROOT
+
+EMBEDDED_MODEL = ROOT / "models" / "primary"
+# Worker start is mostly imports: ~10 s of CPU, more while a training job shares the cores.
+START_TIMEOUT_S = 120.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Worker:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def events(self) -> list[dict[str, Any]]:
+        """The JSON lines the worker wrote to stdout so far."""
+        out = []
+        for line in self.log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(json.JSONDecodeError):
+                    out.append(json.loads(line))
+        return out
+
+    def event(self, name: str) -> dict[str, Any]:
+        found = [e for e in self.events() if e.get("event") == name]
+        assert found, f"no {name!r} event in the worker log:\n{self.log_path.read_text()}"
+        return found[-1]
+
+    def wait_exit(self, timeout: float) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        """Kill the worker's process group (SIGKILL: also ends a hung worker)."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+def start_worker(
+    tmp: Path, env: dict[str, str] | None = None, extra_path: Path | None = None
+) -> Worker:
+    """Start `python -m sentiguard.primary --index 0` on a free port; do not wait for it."""
+    port = free_port()
+    tmp.mkdir(parents=True, exist_ok=True)
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SENTIGUARD_")}
+    full_env.update(
+        {
+            "SENTIGUARD_PRIMARY_BASE_PORT": str(port),
+            "SENTIGUARD_SERVICE_RUN_DIR": str(tmp / "run"),
+            "SENTIGUARD_SERVICE_LOG_DIR": str(tmp / "logs"),
+            "SENTIGUARD_PRIMARY_MODEL": str(EMBEDDED_MODEL),
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+    )
+    if extra_path is not None:
+        full_env["PYTHONPATH"] = os.pathsep.join([str(extra_path), full_env.get("PYTHONPATH", "")])
+    log_path = tmp / f"worker-{port}.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sentiguard.primary", "--index", "0"],
+            cwd=ROOT,
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return Worker(proc, port, log_path)
+
+
+def wait_ready(worker: Worker, timeout: float = START_TIMEOUT_S) -> dict[str, Any]:
+    """Poll /ready until 200; fail early with the log if the process exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if worker.proc.poll() is not None:
+            raise AssertionError(
+                f"worker exited with {worker.proc.returncode}:\n{worker.log_path.read_text()}"
+            )
+        try:
+            r = requests.get(worker.url + "/ready", timeout=2)
+            if r.status_code == 200:
+                body: dict[str, Any] = r.json()
+                return body
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"worker not ready in {timeout} s:\n{worker.log_path.read_text()}")
+
+
+def wait_until(check: Any, timeout: float, what: str) -> Any:
+    """Call `check()` until it returns something truthy, or fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

@@ -1,0 +1,231 @@
+"""The primary model in-process: local vs hub loading, label mapping, batched == pipeline."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sentiguard import settings as settings_mod
+from sentiguard.errors import ModelLoadError
+from sentiguard.primary import model as model_mod
+from sentiguard.primary.model import (
+    classify,
+    load_model,
+    p_positive_from_output,
+    positive_index,
+    resolve_source,
+)
+from tests.primary_helpers import EMBEDDED_MODEL
+
+HUB_ID = "damo/nlp_structbert_sentiment-classification_chinese-base"
+POSITIVE = [
+    "这个手机非常好用，质量很好，我很满意，推荐购买！",
+    "酒店环境很好，服务热情，下次还会再来。",
+    "物流很快，包装完好，东西也很不错，五星好评。",
+]
+NEGATIVE = [
+    "质量太差了，用了两天就坏了，客服也不理人，非常失望。",
+    "房间又脏又小，服务态度恶劣，再也不会来了。",
+    "物流太慢，东西是坏的，退货还不给退，垃圾。",
+]
+
+needs_model = pytest.mark.skipif(
+    not (EMBEDDED_MODEL / "configuration.json").exists(),
+    reason="the embedded model is not built yet: run `sentiguard train primary`",
+)
+
+
+def make_settings(**overrides: Any) -> settings_mod.Settings:
+    values = {"primary.model": str(EMBEDDED_MODEL), **overrides}
+    return settings_mod.load(None, environ={}, overrides=values)
+
+
+def fail_loudly(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError(f"the hub was contacted: {args} {kwargs}")
+
+
+def block_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every way ModelScope reaches its hub now fails the test."""
+    hub_snapshot = importlib.import_module("modelscope.hub.snapshot_download")
+    monkeypatch.setattr(hub_snapshot, "snapshot_download", fail_loudly)
+    builder = importlib.import_module("modelscope.pipelines.builder")
+    monkeypatch.setattr(builder, "snapshot_download", fail_loudly)
+    monkeypatch.setattr(
+        importlib.import_module("modelscope.utils.hub"), "model_file_download", fail_loudly
+    )
+    api = importlib.import_module("modelscope.hub.api")
+    monkeypatch.setattr(api.HubApi, "get_model", fail_loudly)
+
+
+@pytest.fixture(scope="module")
+def model() -> model_mod.PrimaryModel:
+    if not (EMBEDDED_MODEL / "configuration.json").exists():
+        pytest.skip("the embedded model is not built yet: run `sentiguard train primary`")
+    with pytest.MonkeyPatch.context() as mp:
+        block_hub(mp)
+        return load_model(make_settings())
+
+
+# --- pure functions ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("output", "expected"),
+    [
+        ({"labels": ["正面", "负面"], "scores": [0.9, 0.1]}, 0.9),
+        ({"labels": ["负面", "正面"], "scores": [0.8, 0.2]}, 0.2),
+        ({"labels": ["positive", "negative"], "scores": [0.7, 0.3]}, 0.7),
+        ({"labels": ["LABEL_0", "LABEL_1"], "scores": [0.6, 0.4]}, 0.4),
+        ({"labels": [1, 0], "scores": [0.55, 0.45]}, 0.55),
+        ({"labels": ["negative"], "scores": [0.75]}, 0.25),
+    ],
+)
+def test_pipeline_output_maps_to_p_positive(output: dict[str, Any], expected: float) -> None:
+    assert p_positive_from_output(output) == pytest.approx(expected)
+
+
+def test_unknown_labels_are_an_error() -> None:
+    with pytest.raises(ValueError, match="neither"):
+        p_positive_from_output({"labels": ["cat", "dog"], "scores": [0.5, 0.5]})
+
+
+@pytest.mark.parametrize(
+    ("id2label", "index"),
+    [
+        ({0: "负面", 1: "正面"}, 1),
+        ({"0": "positive", "1": "negative"}, 0),
+        ({0: "LABEL_0", 1: "LABEL_1"}, 1),
+        ({0: "正面", 1: "负面"}, 0),
+    ],
+)
+def test_positive_index(id2label: dict[Any, str], index: int) -> None:
+    assert positive_index(id2label) == index
+
+
+def test_positive_index_without_a_positive_class_is_corrupt() -> None:
+    with pytest.raises(ModelLoadError) as e:
+        positive_index({0: "cat", 1: "dog", 2: "bird"})
+    assert e.value.cause == "corrupt"
+
+
+def test_relative_existing_directory_is_local_and_absolute(tmp_path: Path) -> None:
+    source = resolve_source(make_settings(**{"primary.model": "sentiguard"}))
+    assert source.hub_id is None
+    assert source.local_dir is not None and source.local_dir.is_absolute()
+
+
+def test_owner_slash_name_without_a_directory_is_a_hub_id() -> None:
+    source = resolve_source(make_settings(**{"primary.model": HUB_ID}))
+    assert (source.hub_id, source.local_dir) == (HUB_ID, None)
+
+
+def test_a_missing_absolute_path_is_local_and_missing(tmp_path: Path) -> None:
+    settings = make_settings(**{"primary.model": str(tmp_path / "nope")})
+    assert resolve_source(settings).hub_id is None
+    with pytest.raises(ModelLoadError) as e:
+        model_mod.preflight(settings)
+    assert e.value.cause == "missing"
+    assert "sentiguard train primary" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("error", "cause"),
+    [
+        (MemoryError(), "memory"),
+        (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried 8 TB"), "memory"),
+        (ModuleNotFoundError("No module named 'transformers'"), "import"),
+        (FileNotFoundError("vocab.txt"), "missing"),
+        (ValueError("Error while deserializing header: HeaderTooLarge"), "corrupt"),
+    ],
+)
+def test_load_errors_are_classified(error: BaseException, cause: str) -> None:
+    wrapped = RuntimeError("SbertForSequenceClassification: failed")
+    wrapped.__cause__ = error
+    result = classify(wrapped, "models/primary")
+    assert result.cause == cause
+    assert "Fix: " in str(result)
+
+
+def test_windows_cover_the_whole_text_with_overlap() -> None:
+    m = model_mod.PrimaryModel.__new__(model_mod.PrimaryModel)
+    m.long_text = "window"
+    ids = list(range(25))
+    pieces = m._pieces(ids, 10)
+    assert [p[0] for p in pieces] == [0, 5, 10, 15]
+    assert pieces[-1][-1] == 24 and all(len(p) == 10 for p in pieces)
+    m.long_text = "truncate"
+    assert m._pieces(ids, 10) == [list(range(10))]
+
+
+# --- the embedded model ---------------------------------------------------------------
+
+
+@needs_model
+def test_loads_the_local_directory_without_the_hub(model: model_mod.PrimaryModel) -> None:
+    assert model.name == str(EMBEDDED_MODEL)
+    name, digest = model.version.rsplit("@", 1)
+    assert name == str(EMBEDDED_MODEL) and len(digest) == 12
+    assert model.pipeline is not None  # it went through ModelScope's pipeline()
+
+
+@needs_model
+def test_hub_id_is_fetched_from_the_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+
+    def fake_snapshot(model_id: str, *args: Any, **kwargs: Any) -> str:
+        calls.append(model_id)
+        return str(EMBEDDED_MODEL)  # stands in for the downloaded snapshot
+
+    block_hub(monkeypatch)
+    hub_snapshot = importlib.import_module("modelscope.hub.snapshot_download")
+    monkeypatch.setattr(hub_snapshot, "snapshot_download", fake_snapshot)
+    loaded = load_model(make_settings(**{"primary.model": HUB_ID}))
+    assert calls == [HUB_ID]
+    assert loaded.name == HUB_ID and loaded.version.startswith(HUB_ID + "@")
+
+
+def test_unreachable_hub_is_a_missing_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("modelscope.cn unreachable")
+
+    hub_snapshot = importlib.import_module("modelscope.hub.snapshot_download")
+    monkeypatch.setattr(hub_snapshot, "snapshot_download", offline)
+    with pytest.raises(ModelLoadError) as e:
+        load_model(make_settings(**{"primary.model": HUB_ID}))
+    assert e.value.cause == "missing"
+    assert "primary.model" in str(e.value)
+
+
+@needs_model
+def test_known_answers(model: model_mod.PrimaryModel) -> None:
+    answers = model.predict(POSITIVE + NEGATIVE)
+    assert [a.p_positive > 0.5 for a in answers] == [True] * 3 + [False] * 3
+    assert not any(a.truncated for a in answers)
+
+
+@needs_model
+def test_batched_equals_the_plain_pipeline(model: model_mod.PrimaryModel) -> None:
+    long_review = "这家店的东西还行，" * 40  # longer than sequence_length: truncated
+    texts = [*POSITIVE, "好", long_review, *NEGATIVE, "一般般吧，价格有点贵。"]
+    batched = model.predict(texts)
+    reference = model.predict_pipeline(texts)
+    assert [b.truncated for b in batched] == [r.truncated for r in reference]
+    assert batched[4].truncated
+    for b, r in zip(batched, reference, strict=True):
+        assert b.p_positive == pytest.approx(r.p_positive, abs=1e-5)
+
+
+@needs_model
+def test_window_mode_averages_windows_of_long_texts(model: model_mod.PrimaryModel) -> None:
+    long_review = "质量很好，非常满意。" * 30 + "但是后来坏了，很失望。" * 30
+    model.long_text = "window"
+    try:
+        (windowed,) = model.predict([long_review])
+    finally:
+        model.long_text = "truncate"
+    (truncated,) = model.predict([long_review])
+    assert windowed.truncated and truncated.truncated
+    assert windowed.p_positive != pytest.approx(truncated.p_positive, abs=1e-4)
