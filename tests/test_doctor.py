@@ -27,7 +27,12 @@ from sentiguard import supervisord
 from sentiguard.doctor import Result, Status, doctor_command
 from sentiguard.doctor.config import check_settings
 from sentiguard.doctor.deps import check_dependencies, check_imports, check_python, read_lock
-from sentiguard.doctor.models import check_model, manifest_files, sha256_file
+from sentiguard.doctor.models import (
+    check_model,
+    manifest_files,
+    sha256_file,
+    structbert_problem,
+)
 from sentiguard.doctor.ports import check_port, check_ports, check_supervisor_socket
 from sentiguard.doctor.resources import (
     cgroup_available_mb,
@@ -246,9 +251,14 @@ def test_port_held_by_our_own_service_passes(tmp_path: Path) -> None:
     assert f"in use by our running sentiguard.gateway (pid {proc.pid})" in result.detail
 
 
-def test_worker_ports_are_each_checked(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path)
-    base = settings.get("primary.base_port")
+def test_worker_ports_are_each_checked() -> None:
+    base = free_port_block(2)
+    settings = settings_mod.load(
+        environ={
+            "SENTIGUARD_GATEWAY_PORT": str(free_port()),
+            "SENTIGUARD_PRIMARY_BASE_PORT": str(base),
+        }
+    )
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", base))
         squatter.listen()
@@ -395,6 +405,33 @@ def test_missing_manifest_or_directory_fails(tmp_path: Path) -> None:
     assert "manifest.json is missing" in model_check(model).detail
     gone = model_check(tmp_path / "nowhere")
     assert gone.status is Status.FAIL and "set primary.model" in gone.fix
+
+
+@pytest.fixture
+def primary_copy(tmp_path: Path) -> Path:
+    source = ROOT / "models" / "primary"
+    if not (source / "manifest.json").is_file():
+        pytest.fail(f"{source} is missing: run `make install` (it trains the models)")
+    return Path(shutil.copytree(source, tmp_path / "primary"))
+
+
+def test_embedded_primary_model_is_consistent(primary_copy: Path) -> None:
+    assert structbert_problem(primary_copy) is None
+
+
+def test_vocab_not_matching_the_config_would_not_load(primary_copy: Path) -> None:
+    # vocab.txt is not in the manifest's hashes; its size must still match the embeddings.
+    with (primary_copy / "vocab.txt").open("a", encoding="utf-8") as f:
+        f.write("多余\n")
+    problem = structbert_problem(primary_copy)
+    assert problem is not None and "vocab_size" in problem
+
+
+def test_truncated_weights_would_not_load(primary_copy: Path) -> None:
+    weights = primary_copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    problem = structbert_problem(primary_copy)
+    assert problem is not None and "its header says" in problem
 
 
 def test_hub_id_is_a_warning_not_a_failure(tmp_path: Path) -> None:

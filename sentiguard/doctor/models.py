@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+import struct
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,45 @@ def looks_like_hub_id(value: str) -> bool:
     )
 
 
+def structbert_problem(directory: Path) -> str | None:
+    """What would stop ModelScope loading this StructBERT directory, found without torch:
+    the safetensors header and size, the embedding shape against config.json, the vocabulary
+    size against vocab.txt (which the manifest does not hash), the two labels."""
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+        vocab_lines = len((directory / "vocab.txt").read_text(encoding="utf-8").splitlines())
+        configuration = json.loads((directory / "configuration.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        return str(e)
+    if not configuration.get("task") or not configuration.get("model", {}).get("type"):
+        return "configuration.json lacks task or model.type"
+    if len(config.get("id2label", {})) != 2:
+        return f"config.json has {len(config.get('id2label', {}))} labels, not 2"
+    if config.get("vocab_size") != vocab_lines:
+        return (
+            f"config.json vocab_size {config.get('vocab_size')} != {vocab_lines} lines of vocab.txt"
+        )
+    weights = directory / "model.safetensors"
+    if not weights.is_file():
+        return None  # a pytorch_model.bin: nothing to read without torch
+    with weights.open("rb") as f:
+        try:
+            (size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(size))
+        except (struct.error, ValueError) as e:
+            return f"model.safetensors header unreadable: {e}"
+    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    if 8 + size + end != weights.stat().st_size:
+        return (
+            f"model.safetensors is {weights.stat().st_size} bytes, its header says {8 + size + end}"
+        )
+    embedding = [t["shape"] for k, t in header.items() if k.endswith("word_embeddings.weight")]
+    want = [config.get("vocab_size"), config.get("hidden_size")]
+    if embedding and embedding[0] != want:
+        return f"word embeddings are {embedding[0]}, config.json says {want}"
+    return None
+
+
 def check_model(
     check: str,
     directory: Path,
@@ -66,10 +106,12 @@ def check_model(
     required: Sequence[str] = (),
     retrain: str = "",
     hub_id: str | None = None,
+    consistency: Callable[[Path], str | None] | None = None,
 ) -> Result:
     """Complete (required files + everything the manifest lists, hashes equal) and
-    loadable as far as files tell (every JSON file parses)."""
-    rebuild = f"restore it (git checkout -- {directory.name}) or rebuild it: {retrain}"
+    loadable as far as files tell (every JSON file parses, `consistency` finds nothing)."""
+    shown = directory.relative_to(ROOT) if directory.is_relative_to(ROOT) else directory
+    rebuild = f"restore it (git checkout -- {shown}) or rebuild it: {retrain}"
     if not directory.is_dir():
         if hub_id is not None:
             return warn(
@@ -110,6 +152,9 @@ def check_model(
             json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             return fail(check, f"{path} does not parse: {e}", rebuild)
+    problem = consistency(directory) if consistency is not None else None
+    if problem:
+        return fail(check, f"{directory} would not load: {problem}", rebuild)
     listed = ", ".join(sorted(hashed))
     return ok(check, f"{directory}: complete, sha256 of {listed} match the manifest")
 
@@ -139,5 +184,6 @@ def check_models(settings: Settings) -> list[Result]:
             required=PRIMARY_FILES,
             retrain="sentiguard train primary",
             hub_id=hub,
+            consistency=structbert_problem,
         ),
     ]
