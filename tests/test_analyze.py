@@ -26,7 +26,7 @@ from sentiguard import settings as settings_mod
 from sentiguard.cli import main
 from sentiguard.errors import DataError, ExitCode, SentiguardError
 from sentiguard.labels import label_fields
-from tests.harness import free_port, service_env
+from tests.harness import ServiceHandle, free_port, service_env
 from tests.test_ui_browser import run_gateway
 
 
@@ -335,3 +335,12 @@ def test_10000_row_csv_through_the_real_gateway_with_the_cli(
     }
     right = sum(r["label"] == ("positive" if "很好" in r["text"] else "negative") for r in rows)
     assert right > 0.9 * len(rows)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_single_text_through_the_real_service(healthy_service: ServiceHandle) -> None:
+    proc = healthy_service.cli("analyze", "这家酒店服务很好，房间干净。")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("正面 positive  score ")
+    assert "model primary" in proc.stdout and "degraded" not in proc.stdout

@@ -33,7 +33,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.wait import WebDriverWait
 
-from tests.harness import free_port, http_request, service_env, wait_until
+from tests.harness import ServiceHandle, free_port, http_request, service_env, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
@@ -456,3 +456,20 @@ def test_api_key_is_asked_for_kept_and_sent(
         assert answer[0].text == "正面 Positive"
         browser.refresh()  # the key is kept in this browser
         assert browser.execute_script("return localStorage.getItem('sentiguard.apiKey')") == key
+
+
+@pytest.mark.slow
+def test_primary_answer_shows_no_degraded_banner(
+    browser: WebDriver, healthy_service: ServiceHandle, shots: Callable[[WebDriver, str], None]
+) -> None:
+    """The shared real service (`sentiguard up`, 2 workers): the primary answers."""
+    url = f"http://127.0.0.1:{healthy_service.port}"
+    browser.get(url + "/")
+    browser.execute_script("localStorage.clear()")
+    browser.get(url + "/")
+    answer = ask(browser, "这家酒店服务很好，房间干净，早餐也丰富。")
+    assert "主模型 primary" in answer.find_element(By.CSS_SELECTOR, ".meta").text
+    assert not answer.find_elements(By.CSS_SELECTOR, ".degraded-note")
+    assert not by_id(browser, "degraded-banner").is_displayed()
+    wait_for(browser, lambda d: "Service OK" in by_id(d, "service-status").text)
+    shots(browser, "00-primary-answer")
