@@ -68,7 +68,7 @@ class Rig:
     def settle(self) -> None:
         """Wait until no action thread or probe is running."""
         wait_until(lambda: not any(r.busy for r in self.wd.records.values()))
-        wait_until(lambda: all(f.done() for _pid, f in self.wd.probes.values()))
+        wait_until(lambda: all(p[-1].done() for p in self.wd.probes.values()))
 
     def round(self, n: int = 1) -> None:
         for _ in range(n):
@@ -240,7 +240,7 @@ def test_a_hung_probe_does_not_delay_the_other_worker(rig: Rig) -> None:
     for _ in range(5):
         rig.wd.round()
         wait_until(
-            lambda: rig.wd.probes.get("primary_1") is None or rig.wd.probes["primary_1"][1].done()
+            lambda: rig.wd.probes.get("primary_1") is None or rig.wd.probes["primary_1"][-1].done()
         )
     assert seen[0] == 1  # one probe, still outstanding, never duplicated
     assert seen[1] >= 4  # the other worker kept being probed every round
@@ -275,3 +275,21 @@ def test_run_stops_on_stop(tmp_path: Path) -> None:
     assert names[0] == "watchdog_started" and names[-1] == "watchdog_stopped"
     summary = r.gw.summaries[-1]
     assert summary["pid"] == os.getpid() and summary["limits"]["memory_limit_mb"] == 100
+
+
+def test_a_worker_found_stopped_at_start_is_started_later_stops_are_left(tmp_path: Path) -> None:
+    r = Rig(make_settings(tmp_path))
+    try:
+        # A watchdog that died between its stop and its start left primary_0 STOPPED.
+        r.sup.set("primary_0", ProcessState.STOPPED)
+        r.round()
+        assert r.sup.calls.count(("start", "primary_0")) == 1
+        assert r.rec("primary_0").phase is Phase.READY
+        # Stopped later, while we watch: an operator did it; leave it alone.
+        r.sup.set("primary_0", ProcessState.STOPPED)
+        r.round(3)
+        assert r.sup.calls.count(("start", "primary_0")) == 1
+        assert r.rec("primary_0").phase is Phase.STOPPED
+        assert events(r.settings, "worker_stopped")[0]["action"] == "leave alone until started"
+    finally:
+        r.close()

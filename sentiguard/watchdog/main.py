@@ -26,7 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from sentiguard.logs import EventLog
+from sentiguard.logs import EventLog, now_iso
 from sentiguard.settings import Settings
 from sentiguard.watchdog import memory, reload
 from sentiguard.watchdog.drain import GatewayLink
@@ -93,7 +93,8 @@ class Watchdog:
         self.records: dict[str, WorkerRecord] = {}
         self.lock = threading.RLock()
         self.decisions: deque[dict[str, Any]] = deque(maxlen=DECISIONS_KEPT)
-        self.probes: dict[str, tuple[int, Future[ProbeResult]]] = {}
+        self._decisions_lock = threading.Lock()
+        self.probes: dict[str, tuple[int, float, Future[ProbeResult]]] = {}
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
         self.actions: dict[str, threading.Thread] = {}
         self._supervisor_ok: bool | None = None
@@ -185,14 +186,25 @@ class Watchdog:
                 if rec.phase is not Phase.RELOADING:
                     rec.enter(Phase.RELOADING, now, "reload")
                 return
+            orphaned = rec.fresh
             if rec.phase is Phase.RELOADING:
-                # The reload moved on: it left this worker ready on the new model.
+                # The reload moved on: it left this worker ready on the new model (or, if
+                # it died half-way, stopped: then nobody but us will start it again).
                 rec.restarts[Cause.RELOAD.value] += 1
                 rec.enter(Phase.STARTING, now, "reloaded")
+                orphaned = True
+            rec.fresh = False
             if info.state.alive:
                 self._check_alive(rec, info, sample, lock, now)
             elif info.state.dead:
                 self._check_dead(rec, info, now)
+            elif info.state is ProcessState.STOPPED and orphaned:
+                # Found stopped when we (re)start or when a reload lets go: a watchdog or
+                # reload that died between its stop and its start left it so.
+                rec.enter(Phase.STARTING, now, "found_stopped")
+                rec.down_at = now
+                self._decide(rec, "start", "found_stopped", "start")
+                self._spawn(rec, "start", self._start)
             elif info.state is ProcessState.STOPPED and rec.phase is not Phase.STOPPED:
                 rec.enter(Phase.STOPPED, now, "stopped outside the watchdog")
                 self._decide(rec, "worker_stopped", rec.reason, "leave alone until started")
@@ -261,6 +273,7 @@ class Watchdog:
         d = self.policy.on_death(rec, info.exitstatus, now, cause)
         died_pid = rec.pid
         rec.pid = 0
+        rec.down_at = now
         if d.action is Action.PARK:
             fix = cause.get("fix") or "check the primary model (`sentiguard doctor`)"
             rec.enter(Phase.PARKED, now, f"cannot start ({cause.get('cause', 'exit 4')}): {fix}")
@@ -290,14 +303,21 @@ class Watchdog:
         if rec.name in self.probes or self.stop_event.is_set():
             return
         future = self.pool.submit(self.health, rec.port, self.probe_timeout_s)
-        self.probes[rec.name] = (rec.pid, future)
+        self.probes[rec.name] = (rec.pid, self.clock(), future)
 
     def _collect_probe(self, rec: WorkerRecord) -> ProbeResult | None:
         pending = self.probes.get(rec.name)
-        if pending is None or not pending[1].done():
+        if pending is None:
+            return None
+        pid, submitted, future = pending
+        if not future.done() and self.clock() - submitted >= self.probe_timeout_s:
+            # Its timeout has passed, so it is about to end: a short wait here keeps one
+            # miss per round instead of one per two rounds when interval ~ timeout.
+            with contextlib.suppress(TimeoutError):
+                future.result(timeout=0.1)
+        if not future.done():
             return None
         del self.probes[rec.name]
-        pid, future = pending
         # A probe of an earlier process says nothing about this one.
         return future.result() if pid == rec.pid else None
 
@@ -330,10 +350,10 @@ class Watchdog:
         cause = Cause.HANG if hung else Cause.MEMORY
         self._decide(rec, "recycle", d.reason, d.action.value, **d.fields)
         rec.enter(Phase.RECYCLING, self.clock(), d.reason)
+        rec.down_at = self.clock()
         rec.restarts[cause.value] += 1
 
         def steps(rec: WorkerRecord) -> None:
-            detected = self.clock()
             old_pid = rec.pid
             # A hung worker will not finish anything in flight: do not wait for it.
             in_flight, waited = self.gateway.drain_and_wait(
@@ -356,31 +376,33 @@ class Watchdog:
                 self._decide(
                     rec, "killed", "hang", "SIGKILL process tree", pid=old_pid, pids=killed
                 )
-            self._bring_up(rec, detected, start=True)
+            self._bring_up(rec, start=True)
 
         self._spawn(rec, "recycle", steps)
 
     def _start(self, rec: WorkerRecord) -> None:
-        self._bring_up(rec, self.clock(), start=True)
+        self._bring_up(rec, start=True)
 
     def _adopt(self, rec: WorkerRecord) -> None:
-        self._bring_up(rec, self.clock(), start=False)
+        self._bring_up(rec, start=False)
 
-    def _bring_up(self, rec: WorkerRecord, since: float, start: bool) -> None:
+    def _bring_up(self, rec: WorkerRecord, start: bool) -> None:
         timeout = self.policy.start_timeout_s
         if start:
             outcome = self.recycler.start_and_wait(rec.name, timeout)
         else:
             outcome = self.recycler.wait_ready(rec.name, timeout)
-        self._finish(rec, outcome, since)
+        self._finish(rec, outcome)
 
-    def _finish(self, rec: WorkerRecord, outcome: StartOutcome, since: float) -> None:
+    def _finish(self, rec: WorkerRecord, outcome: StartOutcome) -> None:
         now = self.clock()
         with self.lock:
             rec.pid = outcome.pid
+            down_at = rec.down_at
             if outcome.ready:
                 rec.model_version = outcome.model_version
                 rec.enter(Phase.READY, now, None)
+                rec.down_at = None
         if outcome.ready:
             self.gateway.put_worker(rec.name, self.report_body(rec))  # undrain at once
             self._decide(
@@ -391,7 +413,8 @@ class Watchdog:
                 pid=outcome.pid,
                 model_version=outcome.model_version,
                 waited_s=outcome.waited_s,
-                recovered_s=round(now - since, 2),
+                # From detecting the outage (crash, hang, leak) to ready again.
+                recovered_s=None if down_at is None else round(now - down_at, 2),
             )
         elif outcome.why == "timeout":
             # Alive but never ready: treat as a crash. Killing it makes supervisord report
@@ -445,7 +468,9 @@ class Watchdog:
 
     def summary(self) -> dict[str, Any]:
         limits: dict[str, Any] = {**self.policy.limits(), "interval_s": self.interval_s}
-        return {"pid": os.getpid(), "limits": limits, "decisions": list(self.decisions)[-10:]}
+        with self._decisions_lock:
+            recent = list(self.decisions)[-10:]
+        return {"pid": os.getpid(), "limits": limits, "decisions": recent}
 
     def _report(self, lock: reload.ReloadLock | None) -> None:
         with self.lock:
@@ -463,4 +488,5 @@ class Watchdog:
         record.update(fields)
         record["action"] = action
         self.log(event, **record)
-        self.decisions.append({"event": event, **record})
+        with self._decisions_lock:
+            self.decisions.append({"ts": now_iso(), "event": event, **record})

@@ -103,6 +103,8 @@ class WorkerRecord:
     busy: str | None = None  # an action thread owns the worker
     model_version: str | None = None
     held: bool = False  # a memory hold was logged (log it once, not every round)
+    down_at: float | None = None  # when the current outage was detected (for recovered_s)
+    fresh: bool = True  # not yet seen by a full round
 
     def enter(self, phase: Phase, now: float, reason: str | None = None) -> None:
         self.phase = phase
@@ -195,6 +197,7 @@ class Policy:
             "hang",
             {
                 "probe_ms": result.probe_ms,
+                "rtt_ms": result.rtt_ms,
                 "budget_ms": self.probe_budget_ms,
                 "misses": rec.misses,
                 "probe_error": why,

@@ -1,9 +1,11 @@
 """HTTP probes of one worker's loopback port: `/health` (liveness) and `/ready`.
 
 `/health` runs a known-answer sentence through the worker's real inference path, so a
-worker whose HTTP thread answers but whose model is stuck still fails it. The watchdog
-times the whole round trip itself: that is what a request would wait, and a SIGSTOPped
-worker never reports anything.
+worker whose HTTP thread answers but whose model is stuck still fails it. Two numbers:
+`probe_ms`, the inference time the worker reports (its own measure, so a probe queued
+behind a busy batch under load is not mistaken for a slow model), and `rtt_ms`, the whole
+round trip as the watchdog timed it (bounded by the timeout: a SIGSTOPped worker never
+reports anything). Without a reported `probe_ms`, the round trip stands in for it.
 
 Each probe is one short-lived connection with its own timeout; the watchdog runs the
 probes of different workers in different threads, so a hung worker delays no one else.
@@ -31,6 +33,7 @@ class ProbeResult:
     error: str | None = None
     status: int | None = None
     body: dict[str, Any] | None = None
+    rtt_ms: float | None = None
 
     @property
     def timed_out(self) -> bool:
@@ -79,13 +82,16 @@ def probe_health(port: int, timeout_s: float) -> ProbeResult:
     except (OSError, http.client.HTTPException) as e:
         elapsed = (time.monotonic() - started) * 1000
         name = _error_name(e) if isinstance(e, OSError) else "bad_response"
-        return ProbeResult(ok=False, probe_ms=round(elapsed, 1), error=name)
+        elapsed = round(elapsed, 1)
+        return ProbeResult(ok=False, probe_ms=elapsed, error=name, rtt_ms=elapsed)
     elapsed = round((time.monotonic() - started) * 1000, 1)
     if status != 200:
-        return ProbeResult(False, elapsed, f"status_{status}", status, body)
+        return ProbeResult(False, elapsed, f"status_{status}", status, body, elapsed)
     if body is None:
-        return ProbeResult(False, elapsed, "bad_body", status, None)
-    return ProbeResult(True, elapsed, None, status, body)
+        return ProbeResult(False, elapsed, "bad_body", status, None, elapsed)
+    reported = body.get("probe_ms")
+    probe_ms = float(reported) if isinstance(reported, int | float) else elapsed
+    return ProbeResult(True, round(probe_ms, 1), None, status, body, elapsed)
 
 
 def probe_ready(port: int, timeout_s: float) -> Readiness:
