@@ -434,6 +434,29 @@ def test_truncated_weights_would_not_load(primary_copy: Path) -> None:
     assert problem is not None and "its header says" in problem
 
 
+def test_manifest_shapes_of_both_trainers() -> None:
+    primary = {"weights": {"file": "model.safetensors", "sha256": "a" * 64, "bytes": 1}}
+    assert manifest_files(primary) == {"model.safetensors": "a" * 64}
+    fallback = {"model_file": "model.joblib", "version": "fallback@0123456789ab"}
+    assert manifest_files(fallback) == {"model.joblib": "0123456789ab"}
+    assert manifest_files({**fallback, "model_sha256": "b" * 64}) == {"model.joblib": "b" * 64}
+    assert manifest_files({"model_file": "m", "version": "unhashed"}) == {}
+
+
+def test_hash_prefix_from_the_version_is_checked(tmp_path: Path) -> None:
+    import json
+
+    model = tmp_path / "fallback"
+    model.mkdir()
+    (model / "model.joblib").write_bytes(b"model")
+    good = sha256_file(model / "model.joblib")[:12]
+    for prefix, status in ((good, Status.PASS), ("0" * 12, Status.FAIL)):
+        manifest = {"model_file": "model.joblib", "version": f"fallback@{prefix}"}
+        (model / "manifest.json").write_text(json.dumps(manifest))
+        result = check_model("fallback model", model, "fallback.model")
+        assert result.status is status, result.line()
+
+
 def test_hub_id_is_a_warning_not_a_failure(tmp_path: Path) -> None:
     hub = "damo/nlp_structbert_sentiment-classification_chinese-base"
     result = check_model("primary model", tmp_path / hub, "primary.model", hub_id=hub)
