@@ -32,6 +32,7 @@ RUNTIME_MODULES: tuple[str, ...] = (
     "modelscope",
     "sklearn",
     "jieba",
+    "rjieba",
     "flask",
     "waitress",
     "supervisor",
