@@ -1,0 +1,224 @@
+"""The batcher in-process, and one real worker process shared by the HTTP tests."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from sentiguard.primary.batcher import Batcher, BatcherStopped
+from tests.primary_helpers import EMBEDDED_MODEL, Worker, start_worker, wait_ready, wait_until
+
+# --- the batcher, with a fake model ---------------------------------------------------
+
+
+def echo(texts: list[str]) -> list[str]:
+    time.sleep(0.005)  # long enough that concurrent requests pile up behind a batch
+    return [f"answer:{t}" for t in texts]
+
+
+def test_concurrent_requests_get_their_own_answers_in_order() -> None:
+    batcher: Batcher[str] = Batcher(echo, max_batch_size=16, max_wait_ms=5).start()
+    requests_ = [[f"r{i}-t{j}" for j in range(1 + i % 4)] for i in range(200)]
+    try:
+        with ThreadPoolExecutor(32) as pool:
+            answers = list(pool.map(batcher.submit, requests_))
+    finally:
+        batcher.stop(2)
+    assert answers == [[f"answer:{t}" for t in texts] for texts in requests_]
+    assert batcher.texts == sum(len(r) for r in requests_)
+    assert batcher.batches < len(requests_) / 2  # coalesced, not one pass per request
+
+
+def test_a_batch_never_exceeds_max_batch_size() -> None:
+    sizes: list[int] = []
+
+    def record(texts: list[str]) -> list[str]:
+        sizes.append(len(texts))
+        return echo(texts)
+
+    batcher: Batcher[str] = Batcher(record, max_batch_size=5, max_wait_ms=20).start()
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(batcher.submit, [["a", "b"]] * 40))
+    finally:
+        batcher.stop(2)
+    assert max(sizes) <= 5 and sum(sizes) == 80
+
+
+def test_an_error_reaches_only_the_callers_of_its_batch() -> None:
+    release = threading.Event()
+    calls: list[list[str]] = []
+
+    def predict(texts: list[str]) -> list[str]:
+        calls.append(texts)
+        if texts == ["first"]:
+            release.wait(5)  # hold the loop so the next requests queue up in order
+        if "boom" in texts:
+            raise ValueError("model exploded")
+        return [t.upper() for t in texts]
+
+    batcher: Batcher[str] = Batcher(predict, max_batch_size=2, max_wait_ms=50).start()
+    results: dict[str, object] = {}
+
+    def call(texts: list[str]) -> None:
+        try:
+            results[texts[0]] = batcher.submit(texts, 5)
+        except Exception as e:
+            results[texts[0]] = e
+
+    threads = [threading.Thread(target=call, args=(["first"],))]
+    threads[0].start()
+    wait_until(lambda: calls, 5, "the first batch to start")
+    for name in ("boom", "b", "c", "d"):
+        threads.append(threading.Thread(target=call, args=([name],)))
+        threads[-1].start()
+        wait_until(lambda n=name: n in [r.texts[0] for r in list(batcher._queue.queue)], 5, name)
+    release.set()
+    for t in threads:
+        t.join(5)
+    batcher.stop(2)
+    assert calls[1:] == [["boom", "b"], ["c", "d"]]
+    assert isinstance(results["boom"], ValueError) and isinstance(results["b"], ValueError)
+    assert results["first"] == ["FIRST"] and results["c"] == ["C"] and results["d"] == ["D"]
+
+
+def test_a_stopped_batcher_refuses_new_work() -> None:
+    batcher: Batcher[str] = Batcher(echo, max_batch_size=4, max_wait_ms=1).start()
+    assert batcher.submit(["x"], 5) == ["answer:x"]
+    batcher.stop(2)
+    with pytest.raises(BatcherStopped):
+        batcher.submit(["y"], 5)
+
+
+# --- a real worker process ------------------------------------------------------------
+
+POSITIVE = "这个手机非常好用，质量很好，我很满意，推荐购买！"
+NEGATIVE = "质量太差了，用了两天就坏了，客服也不理人，非常失望。"
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    if not (EMBEDDED_MODEL / "configuration.json").exists():
+        pytest.skip("the embedded model is not built yet: run `sentiguard train primary`")
+    w = start_worker(tmp_path_factory.mktemp("primary-server"))
+    try:
+        wait_ready(w)
+        yield w
+    finally:
+        w.stop()
+
+
+def predict(worker: Worker, texts: list[str]) -> requests.Response:
+    return requests.post(worker.url + "/predict", json={"texts": texts}, timeout=30)
+
+
+@pytest.mark.integration
+def test_ready_names_the_serving_process_and_model(worker: Worker) -> None:
+    body = requests.get(worker.url + "/ready", timeout=5).json()
+    assert body["ready"] is True
+    assert body["pid"] == worker.proc.pid  # the process started is the one serving
+    assert body["model_version"].startswith(f"{EMBEDDED_MODEL}@")
+    ready = worker.event("worker_ready")
+    assert ready["import_s"] > 0 and ready["load_s"] > 0 and ready["rss_mb"] > 0
+
+
+@pytest.mark.integration
+def test_predict_known_answers(worker: Worker) -> None:
+    r = predict(worker, [POSITIVE, NEGATIVE])
+    assert r.status_code == 200
+    body = r.json()
+    ps = [x["p_positive"] for x in body["results"]]
+    assert ps[0] > 0.5 > ps[1]
+    assert body["pid"] == worker.proc.pid
+
+
+@pytest.mark.integration
+def test_order_is_kept_under_concurrency(worker: Worker) -> None:
+    # Alternate clearly positive and negative texts, each made distinct, so an answer
+    # delivered to the wrong caller or slot shows up as a wrong label or value.
+    texts = [
+        f"第{i}次购买，" + (POSITIVE if i % 2 == 0 else NEGATIVE) + "。" * (i % 7)
+        for i in range(60)
+    ]
+    alone = {t: predict(worker, [t]).json()["results"][0]["p_positive"] for t in texts[:12]}
+    groups = [texts[i : i + 1 + i % 3] for i in range(len(texts))]
+    with ThreadPoolExecutor(24) as pool:
+        answers = list(pool.map(lambda g: predict(worker, g).json()["results"], groups))
+    for group, results in zip(groups, answers, strict=True):
+        assert len(results) == len(group)
+        for text, result in zip(group, results, strict=True):
+            assert (result["p_positive"] > 0.5) == (POSITIVE in text)
+            if text in alone:
+                assert result["p_positive"] == pytest.approx(alone[text], abs=1e-4)
+
+
+@pytest.mark.integration
+def test_health_runs_the_probe_and_reports_memory(worker: Worker) -> None:
+    r = requests.get(worker.url + "/health", timeout=10)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "ok" and body["probe_ms"] > 0
+    assert body["pid"] == worker.proc.pid
+    assert 50 < body["rss_mb"] < 1200 and body["uss_mb"] > 0
+    assert body["model"] == str(EMBEDDED_MODEL)
+    assert body["model_version"].startswith(f"{EMBEDDED_MODEL}@")
+
+
+@pytest.mark.integration
+def test_faults_are_off_by_default(worker: Worker) -> None:
+    r = requests.post(worker.url + "/_fault", json={"kind": "crash"}, timeout=5)
+    assert r.status_code == 404
+    assert r.json()["error"]["code"] == "not_found"
+    assert worker.proc.poll() is None
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"not json", "invalid_body"),
+        (b'{"text": "one"}', "invalid_body"),
+        (b'{"texts": []}', "too_many_texts"),
+        (b'{"texts": ["ok", ""]}', "invalid_text"),
+        (b'{"texts": ["ok", 3]}', "invalid_text"),
+    ],
+)
+def test_bad_input_is_a_400_with_the_error_shape(worker: Worker, body: bytes, code: str) -> None:
+    r = requests.post(
+        worker.url + "/predict",
+        data=body,
+        headers={"Content-Type": "application/json"},
+        timeout=5,
+    )
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert error["code"] == code and error["message"]
+    if code == "invalid_text":
+        assert "texts[1]" in error["message"]
+
+
+@pytest.mark.integration
+def test_a_long_text_says_it_was_cut(worker: Worker) -> None:
+    results = predict(worker, ["好" * 1000, "好"]).json()["results"]
+    assert [r["truncated"] for r in results] == [True, False]
+
+
+def test_port_in_use_fails_with_a_hint(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        w = start_worker(tmp_path, {"SENTIGUARD_PRIMARY_BASE_PORT": str(port)})
+        try:
+            assert w.wait_exit(60) == 1
+        finally:
+            w.stop()
+    assert "primary.base_port" in w.event("port_in_use")["fix"]
