@@ -71,7 +71,7 @@ class Gateway:
 
 def load_fallback(settings: Settings) -> Fallback:
     """The configured fallback model; raises `ModelLoadError` saying how to fix it."""
-    from sentiguard.fallback import FallbackModel
+    from sentiguard.fallback.model import FallbackModel
 
     model: Fallback = FallbackModel.load(settings.path("fallback.model"))
     return model
