@@ -49,8 +49,9 @@ class FakeFallback:
 class FakeWorker:
     """A primary worker double on 127.0.0.1:`port`. Set `mode` to change its behaviour:
 
-    ok | slow (sleeps `delay_s` in /predict) | error (500) | garbage (200, wrong shape) |
-    loading (/ready 503). `refuse()` closes the port; `serve()` opens it again.
+    ok | slow (sleeps `delay_s` in /predict) | hung (sleeps `delay_s` in every route) |
+    error (500) | garbage (200, wrong shape) | loading (/ready 503).
+    `refuse()` closes the port; `serve()` opens it again.
     """
 
     def __init__(self, port: int, pid: int = 4242) -> None:
@@ -76,6 +77,8 @@ class FakeWorker:
                 pass
 
             def do_GET(self) -> None:
+                if fake.mode == "hung":
+                    fake.release.wait(fake.delay_s)
                 if self.path == "/ready":
                     if fake.mode == "loading":
                         self._send(503, {"ready": False, "reason": "loading"})
@@ -94,7 +97,7 @@ class FakeWorker:
                     fake.in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
                 try:
-                    if fake.mode == "slow":
+                    if fake.mode in ("slow", "hung"):
                         fake.release.wait(fake.delay_s)
                     if fake.mode == "error":
                         self._send(500, {"error": {"code": "boom", "message": "fake failure"}})

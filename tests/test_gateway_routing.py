@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -254,3 +255,44 @@ def test_watchdog_dead_report_trips_breaker_and_parked_shows_in_health() -> None
         health = app.test_client().get("/health").get_json()
         assert health["status"] == "degraded"
         assert any("parked" in r and "model corrupt" in r for r in health["reasons"])
+
+
+# --- readiness poller -------------------------------------------------------------------------
+
+
+def test_poller_marks_a_hung_worker_not_ready_after_repeated_timeouts() -> None:
+    with gateway_with_workers(1) as (app, gw, workers, _fb, _log):
+        worker = gw.state.pool.workers[0]
+        workers[0].mode, workers[0].delay_s = "hung", 30.0
+        gw.poller.poll_once(worker)
+        assert worker.ready, "one slow poll is not enough to call it hung"
+        gw.poller.poll_once(worker)
+        assert not worker.ready and worker.not_ready_reason == "/ready timeout"
+        body = analyze(app).get_json()
+        assert body["reason"] == "primary_down" and workers[0].predicts == 0
+
+
+def test_poller_records_pid_version_and_memory_of_the_worker() -> None:
+    with gateway_with_workers(1) as (_app, gw, workers, _fb, _log):
+        workers[0].pid = os.getpid()  # a real process, so memory can be sampled
+        worker = gw.state.pool.workers[0]
+        gw.poller.poll_once(worker)
+        assert (worker.pid, worker.model_version) == (os.getpid(), "fake-primary")
+        assert worker.rss_mb is not None and worker.rss_mb > 0
+
+
+def test_status_and_health_answer_while_a_worker_hangs() -> None:
+    settings = {"gateway.deadline_ms": 20000}
+    with gateway_with_workers(1, **settings) as (app, _gw, workers, _fb, _log):
+        workers[0].mode, workers[0].delay_s = "hung", 20.0
+        with ThreadPoolExecutor(1) as pool:
+            stuck = pool.submit(analyze, app)
+            wait_for(lambda: workers[0].in_flight == 1, what="a request stuck at the worker")
+            client = app.test_client()
+            for path in ("/health", "/ready", "/status"):
+                assert client.get(path).status_code == 200
+            status = client.get("/status").get_json()
+            assert status["workers"][0]["in_flight"] == 1
+            assert not stuck.done(), "those answers did not wait for the hung worker"
+            workers[0].release.set()
+            assert stuck.result().status_code == 200
