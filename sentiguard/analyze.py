@@ -222,7 +222,7 @@ class LocalAnalyzer:
     """The fallback model in this process: no service needed, `model` is "fallback"."""
 
     def __init__(self, settings: Settings) -> None:
-        from sentiguard.fallback import FallbackModel
+        from sentiguard.fallback.model import FallbackModel
 
         self.model = FallbackModel.load(settings.path("fallback.model"))
 
