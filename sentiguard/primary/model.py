@@ -374,8 +374,10 @@ def classify(error: BaseException, name: str) -> ModelLoadError:
     while seen is not None and seen not in chain:
         chain.append(seen)
         seen = seen.__cause__ or seen.__context__
-    text = " | ".join(f"{type(e).__name__}: {e}" for e in chain)
-    lowered = text.lower()
+    # The innermost error says what really failed; ModelScope re-raises it once per layer.
+    root = chain[-1]
+    text = f"{type(root).__name__}: {root}"[:400]
+    lowered = " ".join(str(e) for e in chain).lower()
     if any(isinstance(e, MemoryError) for e in chain) or any(
         s in lowered for s in ("can't allocate memory", "out of memory", "not enough memory")
     ):

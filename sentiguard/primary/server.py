@@ -170,7 +170,9 @@ def create_app(worker: WorkerState) -> Flask:
             return jsonify(ready=False, reason="draining", pid=pid), 503
         if not worker.ready or worker.model is None:
             return jsonify(ready=False, reason="loading", pid=pid), 503
-        return jsonify(ready=True, pid=pid, model_version=worker.model.version)
+        return jsonify(
+            ready=True, pid=pid, model_version=worker.model.version, in_flight=worker.in_flight
+        )
 
     @app.get("/health")
     def health() -> Any:
