@@ -221,7 +221,17 @@ class _UnixTransport(xmlrpc.client.Transport):
         self.timeout = timeout
 
     def make_connection(self, host: Any) -> UnixHTTPConnection:
-        return _UnixConnection(self.path, self.timeout)
+        connection = _UnixConnection(self.path, self.timeout)
+        self._connection = (host, connection)  # what Transport.close() closes
+        return connection
+
+    def request(self, host: Any, handler: str, request_body: Any, verbose: bool = False) -> Any:
+        # One connection per call, closed at once: a proxy is often dropped without
+        # close(), and a kept-alive socket would then leak until garbage collection.
+        try:
+            return super().request(host, handler, request_body, verbose)
+        finally:
+            self.close()
 
 
 def rpc(settings: Settings, timeout: float = 5.0) -> Any:
