@@ -50,7 +50,8 @@ class FakeWorker:
     """A primary worker double on 127.0.0.1:`port`. Set `mode` to change its behaviour:
 
     ok | slow (sleeps `delay_s` in /predict) | hung (sleeps `delay_s` in every route) |
-    error (500) | garbage (200, wrong shape) | loading (/ready 503).
+    error (500) | garbage (200, wrong shape) | drop (closes the connection, no answer) |
+    loading (/ready 503).
     `refuse()` closes the port; `serve()` opens it again.
     """
 
@@ -99,7 +100,9 @@ class FakeWorker:
                 try:
                     if fake.mode in ("slow", "hung"):
                         fake.release.wait(fake.delay_s)
-                    if fake.mode == "error":
+                    if fake.mode == "drop":
+                        self.close_connection = True  # like a process killed mid-request
+                    elif fake.mode == "error":
                         self._send(500, {"error": {"code": "boom", "message": "fake failure"}})
                     elif fake.mode == "garbage":
                         self._send(200, {"results": []})

@@ -159,6 +159,15 @@ def test_refused_worker_is_skipped_for_the_other_in_the_same_request() -> None:
         assert workers[1].predicts == 4 and fallback.calls == 0
 
 
+def test_connection_closed_without_answer_is_retried_on_the_other_worker() -> None:
+    with gateway_with_workers(2) as (app, gw, workers, fallback, _log):
+        workers[0].mode = "drop"
+        for _ in range(4):
+            assert analyze(app).get_json()["model"] == "primary"
+        assert fallback.calls == 0 and workers[1].predicts == 4
+        assert gw.state.pool.workers[0].breaker.state is BreakerState.OPEN
+
+
 def test_new_worker_process_resets_its_breaker() -> None:
     with gateway_with_workers(1, **{"gateway.breaker_open_s": 60.0}) as (app, gw, workers, _f, _l):
         worker = gw.state.pool.workers[0]

@@ -5,7 +5,7 @@ a request costs no TCP handshake. Every call takes the request's remaining deadl
 is the connect timeout and the read timeout, so a hung worker costs at most that.
 
 Failures become `WorkerFailure` with a `kind` the router maps to an answer's `reason`:
-`connect` (refused, unreachable: open the breaker now), `timeout`, `error` (a 5xx, a
+`connect` (refused, reset, unreachable: open the breaker now), `timeout`, `error` (a 5xx, a
 non-JSON or wrong-shaped answer).
 """
 
@@ -147,7 +147,9 @@ class WorkerClient:
 
 
 def _is_connect_error(error: BaseException) -> bool:
-    return isinstance(error, ConnectionRefusedError | ConnectionAbortedError) or (
+    # Refused, reset, aborted, broken pipe, closed without an answer: the process is gone
+    # or going. /predict is idempotent, so the router may retry elsewhere.
+    return isinstance(error, ConnectionError) or (
         isinstance(error, OSError) and error.errno in _CONNECT_ERRNOS
     )
 

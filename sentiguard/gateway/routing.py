@@ -10,8 +10,9 @@ answered by the in-process fallback, with the reason:
 - the worker timed out                            -> `primary_timeout`
 - refused, reset, 5xx or a malformed answer       -> `primary_error`
 
-A refused connection costs nothing, so the request gets one more try on another worker
-before it falls back. The fallback itself is bounded by `FallbackAdmission`; when it is
+A connection failure (refused, reset, closed without an answer) costs next to nothing and
+means that process is gone, so the request gets one more try on another worker before it
+falls back. The fallback itself is bounded by `FallbackAdmission`; when it is
 full, `route` raises `Overloaded` (503 + Retry-After), the only error a client sees.
 """
 
