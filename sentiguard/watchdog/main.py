@@ -50,6 +50,11 @@ from sentiguard.watchdog.supervisor_client import (
 DECISIONS_KEPT = 20
 
 
+def exit_reason(exitstatus: int) -> str:
+    # supervisord reports -1 for a process ended by a signal (SIGKILL, OOM killer, ...).
+    return "killed by a signal" if exitstatus == -1 else f"exited with status {exitstatus}"
+
+
 def decision_log(settings: Settings) -> EventLog:
     return EventLog(path=settings.path("service.log_dir") / "watchdog.jsonl")
 
@@ -287,7 +292,7 @@ class Watchdog:
                 **d.fields,
             )
         else:
-            rec.enter(Phase.BACKOFF, now, f"exited with status {info.exitstatus}")
+            rec.enter(Phase.BACKOFF, now, exit_reason(info.exitstatus))
             self._decide(
                 rec,
                 "crash",
@@ -371,11 +376,15 @@ class Watchdog:
                 waited_s=waited,
                 gateway=in_flight is not None,
             )
+            started = self.clock()
             killed = self.recycler.take_down(rec.name, old_pid, hung)
+            stopped_s = round(self.clock() - started, 2)
             if hung:
                 self._decide(
-                    rec, "killed", "hang", "SIGKILL process tree", pid=old_pid, pids=killed
+                    rec, "killed", "hang", "start", pid=old_pid, pids=killed, stopped_s=stopped_s
                 )
+            else:
+                self._decide(rec, "stopped", d.reason, "start", pid=old_pid, stopped_s=stopped_s)
             self._bring_up(rec, start=True)
 
         self._spawn(rec, "recycle", steps)
@@ -387,7 +396,7 @@ class Watchdog:
         self._bring_up(rec, start=False)
 
     def _bring_up(self, rec: WorkerRecord, start: bool) -> None:
-        timeout = self.policy.start_timeout_s
+        timeout = self.policy.start_timeout(rec)
         if start:
             outcome = self.recycler.start_and_wait(rec.name, timeout)
         else:
@@ -403,6 +412,7 @@ class Watchdog:
                 rec.model_version = outcome.model_version
                 rec.enter(Phase.READY, now, None)
                 rec.down_at = None
+                rec.slow_starts = 0
         if outcome.ready:
             self.gateway.put_worker(rec.name, self.report_body(rec))  # undrain at once
             self._decide(
@@ -426,17 +436,18 @@ class Watchdog:
                 "SIGKILL process tree",
                 pid=outcome.pid,
                 waited_s=outcome.waited_s,
-                start_timeout_s=self.policy.start_timeout_s,
+                start_timeout_s=self.policy.start_timeout(rec),
             )
             if outcome.pid:
                 self.kill(outcome.pid)
             with self.lock:
+                rec.slow_starts += 1  # the next start gets twice as long
                 rec.enter(Phase.STARTING, now, "start timeout")
         elif outcome.why == "exited":
             self._decide(
                 rec,
                 "start_failed",
-                f"exited with status {outcome.exitstatus}",
+                exit_reason(outcome.exitstatus),
                 "back off or park",
                 pid=outcome.pid,
                 exitstatus=outcome.exitstatus,

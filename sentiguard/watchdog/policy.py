@@ -12,7 +12,10 @@ and `Policy` answers with at most one `Decision`:
   `park_retry_s`; any other death -> restart after an exponential backoff
   (`backoff_initial_s` doubling up to `backoff_max_s`), reset once the worker has stayed
   ready for `backoff_max_s`;
-- a start that is not ready within `start_timeout_s` counts as a crash.
+- a start that is not ready within its start timeout counts as a crash; that timeout is
+  `start_timeout_s`, doubled after each start that ran out of it (up to 8x), so a healthy
+  worker on a machine too busy to load it in time gets there instead of being killed in a
+  loop, and reset once a start succeeds.
 """
 
 from __future__ import annotations
@@ -105,6 +108,7 @@ class WorkerRecord:
     held: bool = False  # a memory hold was logged (log it once, not every round)
     down_at: float | None = None  # when the current outage was detected (for recovered_s)
     fresh: bool = True  # not yet seen by a full round
+    slow_starts: int = 0  # starts in a row that ran out of their start timeout
 
     def enter(self, phase: Phase, now: float, reason: str | None = None) -> None:
         self.phase = phase
@@ -226,5 +230,5 @@ class Policy:
         if rec.backoff.attempts and now - rec.since >= self.backoff_max_s:
             rec.backoff.reset()
 
-    def start_overdue(self, rec: WorkerRecord, now: float) -> bool:
-        return rec.phase is Phase.STARTING and now - rec.since > self.start_timeout_s
+    def start_timeout(self, rec: WorkerRecord) -> float:
+        return self.start_timeout_s * (2 ** min(rec.slow_starts, 3))

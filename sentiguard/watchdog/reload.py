@@ -12,9 +12,11 @@ Files in `<run_dir>`:
 For each worker, never two at once: wait until the other workers are ready (so someone
 serves while this one is down), drain it at the gateway, wait for its in-flight requests,
 stop and start it through supervisord, wait until `/ready` passes from the new process
-(with the same model_version as the first reloaded worker), undrain. If a worker does not
-come up, the previous model is restored and the reload stops: the remaining workers keep
-serving the old model.
+(with the same model_version as the first reloaded worker), undrain. If a worker dies on
+the new model, the previous model is restored and that worker restarted on it; if
+it is still loading when the wait ends, it is left loading (killing it would only start
+the slow load again). Either way the reload stops and the remaining workers keep serving
+the old model.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from sentiguard.logs import EventLog
 from sentiguard.settings import ROOT, Settings
 from sentiguard.watchdog.drain import GatewayLink
 from sentiguard.watchdog.probe import probe_ready
-from sentiguard.watchdog.recycle import Recycler, worker_port
+from sentiguard.watchdog.recycle import Recycler, StartOutcome, worker_port
 from sentiguard.watchdog.supervisor_client import SupervisorClient, SupervisorUnavailable
 
 
@@ -107,7 +109,9 @@ class Reload:
         self.supervisor = SupervisorClient(settings)
         self.gateway = GatewayLink(settings, log)
         self.recycler = Recycler(settings, self.supervisor, self.stop)
-        self.start_timeout_s = float(settings.get("watchdog.start_timeout_s"))
+        # An operator is watching and a slow load is not a failure: wait as long as the
+        # watchdog's longest start timeout (start_timeout_s doubled up to 8x) allows.
+        self.start_timeout_s = float(settings.get("watchdog.start_timeout_s")) * 8
         self.drain_timeout_s = float(settings.get("watchdog.drain_timeout_s"))
         self.version: str | None = None
 
@@ -135,7 +139,7 @@ class Reload:
                 time.sleep(0.2)
         return waiting
 
-    def one(self, name: str, index: int, names: list[str]) -> bool:
+    def one(self, name: str, index: int, names: list[str]) -> StartOutcome:
         step = f"[{index}/{len(names)}] {name}"
         missing = self.wait_others_ready(name, names)
         if missing:
@@ -144,6 +148,7 @@ class Reload:
                 f"going on (the fallback answers while {name} restarts)"
             )
         old = self.supervisor.info(name)
+        old_version = probe_ready(worker_port(self.settings, name), 1.0).model_version
         self.lock(name, drain=True)
         in_flight, waited = self.gateway.drain_and_wait(
             name, lambda: self.body(name, True, old.pid), self.drain_timeout_s, self.stop
@@ -168,15 +173,16 @@ class Reload:
                 f"{step}: not ready ({outcome.why}, exit status {outcome.exitstatus}) after "
                 f"{outcome.waited_s:.1f}s on {self.model}"
             )
-            return False
+            return outcome
         self.version = self.version or outcome.model_version
         self.lock(name, drain=False)
         self.gateway.put_worker(name, self.body(name, False, outcome.pid))
+        same = " (unchanged: is that the model you meant?)" if old_version == self.version else ""
         _say(
             f"{step}: ready in {outcome.waited_s:.1f}s, pid {outcome.pid}, "
-            f"model_version {outcome.model_version}"
+            f"model_version {old_version} -> {outcome.model_version}{same}"
         )
-        return True
+        return outcome
 
     def run(self) -> int:
         names = sorted(self.supervisor.processes())
@@ -188,16 +194,29 @@ class Reload:
         _write_atomic(path, self.model + "\n")
         _say(f"reload: {len(names)} workers to {self.model}, one at a time")
         for index, name in enumerate(names, start=1):
-            if self.one(name, index, names):
+            outcome = self.one(name, index, names)
+            if outcome.ready:
                 continue
+            later = ", ".join(names[index:]) or "none"
+            if outcome.why == "timeout":
+                # Alive and still loading the new model: killing it would only start the
+                # slow load again. The watchdog takes it over when the lock goes.
+                _say(
+                    f"reload: stopped; {name} is still loading {self.model} and stays with "
+                    f"the watchdog. Not moved: {later}. Hint: when `sentiguard status` shows "
+                    f"it ready, run the same `sentiguard reload` again."
+                )
+                return ExitCode.ERROR
+            # It died on the new model: put the previous one back and start it on that.
             if previous is None:
                 path.unlink(missing_ok=True)
             else:
                 _write_atomic(path, previous)
             _say(
-                f"reload: stopped; {name} goes back to the previous model through the "
-                f"watchdog, the other workers were not touched. Hint: check the model with "
-                f"`sentiguard doctor` and the worker's log ({name}.log in the log directory)."
+                f"reload: stopped; {name} died on {self.model} (exit status "
+                f"{outcome.exitstatus}) and restarts on the previous model. Not moved: "
+                f"{later}. Hint: check the model with `sentiguard doctor` and the worker's "
+                f"log ({name}.log in the log directory)."
             )
             with contextlib.suppress(SupervisorUnavailable):
                 self.recycler.take_down(name, 0, hung=False)
