@@ -110,7 +110,7 @@ def structbert_problem(directory: Path) -> str | None:
 def fallback_problem(directory: Path) -> str | None:
     """Load the fallback model for real (well under a second) and score one sentence."""
     try:
-        from sentiguard.fallback import FallbackModel
+        from sentiguard.fallback.model import FallbackModel
 
         p = FallbackModel.load(directory).predict_proba(["这家店的菜很好吃"])
     except Exception as e:  # whatever stops the load (corrupt pickle, import error) is the finding
