@@ -293,3 +293,27 @@ def test_a_worker_found_stopped_at_start_is_started_later_stops_are_left(tmp_pat
         assert events(r.settings, "worker_stopped")[0]["action"] == "leave alone until started"
     finally:
         r.close()
+
+
+def test_start_timeout_kills_and_doubles_for_the_next_start(tmp_path: Path) -> None:
+    r = Rig(make_settings(tmp_path, watchdog__start_timeout_s=0.3))
+    try:
+        r.workers.ready_ports = {r.workers.base_port + 1}  # primary_0 never gets ready
+        r.round()
+        first = events(r.settings, "start_timeout")[0]
+        assert first["worker"] == "primary_0" and first["start_timeout_s"] == 0.3
+        assert ("kill", "100") in r.sup.calls
+        assert r.rec("primary_0").slow_starts == 1
+        r.round()  # the kill left it EXITED: a crash, backed off
+        r.clock.now += 1.1
+        r.round()
+        second = events(r.settings, "start_timeout")[1]
+        assert second["start_timeout_s"] == 0.6 and second["waited_s"] >= 0.6
+        r.workers.ready_ports = None
+        r.round()
+        r.clock.now += 2.1
+        r.round()
+        assert r.rec("primary_0").phase is Phase.READY
+        assert r.rec("primary_0").slow_starts == 0
+    finally:
+        r.close()

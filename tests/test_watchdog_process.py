@@ -181,3 +181,21 @@ def test_stale_reload_lock_is_ignored(settings: Settings) -> None:
     assert reload.read_lock(settings) is None
     reload.write_lock(settings, reload.ReloadLock(pid=os.getpid(), model="x"))
     assert reload.read_lock(settings) == reload.ReloadLock(os.getpid(), "x")
+
+
+def test_reload_to_a_model_that_cannot_load_restores_the_previous_one(
+    settings: Settings,
+    service: SupervisorClient,
+    watchdog: Watchdog,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    untouched = pid_of(service, "primary_1")
+    assert reload.reload(settings, "broken") == 1
+    out = capsys.readouterr().out
+    assert "died on broken (exit status 4)" in out and "Not moved: primary_1" in out
+    assert not reload.model_path(settings).exists()  # back to the configured model
+    wait_until(lambda: ready(settings, 0) == "v0")
+    assert pid_of(service, "primary_1") == untouched
+    assert not reload.lock_path(settings).exists()
+    wait_until(lambda: watchdog.records["primary_0"].phase is Phase.READY)
+    assert not events(settings, "park")  # the reload, not the watchdog, handled that exit

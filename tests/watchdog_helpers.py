@@ -3,7 +3,8 @@
 Also runnable as a stand-in worker for real-process tests (starts in milliseconds, no
 model): `python tests/watchdog_helpers.py worker --index I`, which serves `/ready` and
 `/health` on `primary.base_port + I` with `model_version` = the contents of
-`<run_dir>/primary_model` (or "v0"), and `POST /_exit` to exit with a given code.
+`<run_dir>/primary_model` (or "v0"; "broken" makes it exit 4 at start like a worker whose
+model cannot load), and `POST /_exit` to exit with the code in header X-Code.
 """
 
 from __future__ import annotations
@@ -310,6 +311,9 @@ def worker_command(settings: Settings) -> str:
 def _serve_worker(index: int, base_port: int, run_dir: Path) -> None:
     model_file = run_dir / "primary_model"
     version = model_file.read_text().strip() if model_file.exists() else "v0"
+    if version == "broken":
+        print(json.dumps({"event": "model_load_failed", "cause": "corrupt", "fix": "retrain"}))
+        sys.exit(4)  # ExitCode.MODEL_LOAD_ERROR, as a worker that cannot load its model
 
     class Handler(BaseHTTPRequestHandler):
         def _send(self, status: int, body: dict[str, Any]) -> None:
