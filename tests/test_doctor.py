@@ -157,6 +157,7 @@ def test_wrong_dependency_version_fails_and_names_the_fix(tmp_path: Path) -> Non
     assert "fix: pip install 'flask==0.1.0'" in line
 
 
+@pytest.mark.slow
 def test_cli_doctor_runs_the_real_checks_and_exits_non_zero_on_failure(tmp_path: Path) -> None:
     # End to end through `sentiguard doctor`, with the real import list: one port taken.
     settings = make_settings(tmp_path)
