@@ -386,6 +386,8 @@ def test_review_markup_is_shown_as_text_never_run(
     assert page.execute_script("return window.__pwned") is None
     assert not page.find_elements(By.CSS_SELECTOR, "main img, main script, main b")
     shots(page, "06-markup-as-text")
+    page.execute_script("arguments[0].scrollIntoView()", by_id(page, "batch-table-title"))
+    shots(page, "07-markup-as-text-batch")
 
 
 SHED_ONCE = """
