@@ -142,6 +142,12 @@
     for (const node of document.querySelectorAll(".limit-chunk")) {
       node.textContent = String(chunkSize());
     }
+    for (const node of document.querySelectorAll(".limit-file-mb")) {
+      node.textContent = String(MAX_FILE_BYTES / 1048576);
+    }
+    for (const node of document.querySelectorAll(".limit-rows")) {
+      node.textContent = MAX_ROWS.toLocaleString("en-US");
+    }
     $("review-input").maxLength = limits.maxChars;
   }
 
@@ -587,7 +593,7 @@
 
   function csvCell(value) {
     if (value === null || value === undefined) return "";
-    const s = typeof value === "boolean" ? String(value) : String(value);
+    const s = String(value);
     return /[",\r\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
   }
 
