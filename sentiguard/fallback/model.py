@@ -5,15 +5,16 @@ Contract (docs/internals.md): `FallbackModel.load(directory)`,
 `model.version`. A loaded model is never mutated, so concurrent threads may call
 `predict_proba` without a lock.
 
-On disk a model is a directory with `model.joblib` (vocabulary, idf, weights, the Platt
-scaling and the feature config) and `manifest.json` (written by `train`, see there).
+On disk a model is a directory with `model.pkl` (vocabulary, idf, weights, the Platt
+scaling and the feature config; plain pickle of lists and numpy arrays, no joblib import
+on the load path) and `manifest.json` (written by `train`, see there).
 The file is a pickle: load only model directories you made or trust.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,10 @@ import numpy as np
 
 from sentiguard.data import Dataset
 from sentiguard.errors import ModelLoadError
-from sentiguard.fallback.features import FeatureSpace, ngrams
+from sentiguard.fallback.features import FeatureSpace
 from sentiguard.fallback.tokenizer import DEFAULT_TOKENIZER, TOKENIZERS, Tokenizer, warm_up
 
-MODEL_FILE = "model.joblib"
+MODEL_FILE = "model.pkl"
 MANIFEST_FILE = "manifest.json"
 FORMAT = 1
 
@@ -58,7 +59,7 @@ class FallbackModel:
         """The linear score of each text (log-odds before calibration)."""
         if not texts:
             return np.zeros(0)
-        return np.asarray(self.features.transform(texts) @ self.coef) + self.intercept
+        return self.features.decision(texts, self.coef, self.intercept)
 
     def predict_proba(self, texts: list[str]) -> list[float]:
         """Calibrated probability that each text is positive, in input order."""
@@ -69,7 +70,8 @@ class FallbackModel:
     def with_tokenizer(self, name: str) -> FallbackModel:
         """The same weights with another tokenizer backend (for the benchmark)."""
         tokenizer: Tokenizer = TOKENIZERS[name]
-        features = FeatureSpace(self.features.vocabulary, self.features.idf, tokenizer)
+        f = self.features
+        features = FeatureSpace(f.words, f.pair_table, f.char_table, f.idf, tokenizer)
         config = {**self.config, "tokenizer": name}
         return FallbackModel(features, self.coef, self.intercept, self.platt, config, self.version)
 
@@ -83,18 +85,14 @@ class FallbackModel:
     ) -> FallbackModel:
         """Fit vocabulary, idf, weights and the calibration on `dataset`; deterministic in
         `seed`. `progress(message)` is called between the steps, if given."""
-        from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
         from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
         say = progress or (lambda message: None)
         say(f"features: word 1-2-grams + char 1-3-grams of {len(dataset)} texts")
-        vectorizer = TfidfVectorizer(
-            analyzer=ngrams, min_df=MIN_DF, sublinear_tf=True, dtype=np.float64
-        )
-        x = vectorizer.fit_transform(dataset.texts)
+        space = FeatureSpace.fit(dataset.texts, min_df=MIN_DF)
+        x = space.transform(dataset.texts)
         y = np.asarray(dataset.labels)
-        space = FeatureSpace(dict(vectorizer.vocabulary_), np.asarray(vectorizer.idf_))
         linear = LogisticRegression(C=C, solver="liblinear", random_state=seed)
         say(f"calibration: {CALIBRATION_FOLDS}-fold out-of-fold scores, {x.shape[1]} features")
         folds = StratifiedKFold(CALIBRATION_FOLDS, shuffle=True, random_state=seed)
@@ -125,13 +123,13 @@ class FallbackModel:
 
         The manifest is the trainer's job (it knows the data and the metrics).
         """
-        import joblib
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {
             "format": FORMAT,
-            "terms": self.features.terms(),
+            "words": self.features.words,
+            "pair_table": self.features.pair_table,
+            "char_table": self.features.char_table,
             # float32 halves the file; the predictions move by < 1e-6.
             "idf": self.features.idf.astype(np.float32),
             "coef": self.coef.astype(np.float32),
@@ -139,9 +137,7 @@ class FallbackModel:
             "platt": self.platt,
             "config": self.config,
         }
-        buffer = io.BytesIO()
-        joblib.dump(state, buffer)
-        raw = buffer.getvalue()
+        raw = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
         tmp = directory / (MODEL_FILE + ".tmp")
         tmp.write_bytes(raw)
         tmp.replace(directory / MODEL_FILE)  # a reader never sees half a file
@@ -152,8 +148,6 @@ class FallbackModel:
     def load(cls, directory: str | Path, tokenizer: str | None = None) -> FallbackModel:
         """Load a saved model and warm its tokenizer up. Raises ModelLoadError with
         cause 'missing' or 'corrupt' and the fix."""
-        import joblib
-
         directory = Path(directory)
         path = directory / MODEL_FILE
         try:
@@ -165,14 +159,20 @@ class FallbackModel:
                 cause="missing",
             ) from e
         try:
-            state = joblib.load(io.BytesIO(raw))
+            state = pickle.loads(raw)
             if state.get("format") != FORMAT:
                 raise ValueError(f"format {state.get('format')!r}, expected {FORMAT}")
             config = dict(state["config"])
             name = tokenizer or config.get("tokenizer", DEFAULT_TOKENIZER)
-            features = FeatureSpace.from_terms(state["terms"], state["idf"], TOKENIZERS[name])
+            features = FeatureSpace(
+                list(state["words"]),
+                np.asarray(state["pair_table"], np.uint64),
+                np.asarray(state["char_table"], np.uint64),
+                np.asarray(state["idf"], np.float64),
+                TOKENIZERS[name],
+            )
             coef = np.asarray(state["coef"], np.float64)
-            if coef.shape != (len(features.vocabulary),):
+            if coef.shape != (features.n_features,):
                 raise ValueError("weights and vocabulary differ in length")
             platt = (float(state["platt"][0]), float(state["platt"][1]))
         except Exception as e:  # any unpickling problem means the same fix

@@ -89,7 +89,7 @@ def train_and_save(
             "split_seed": seed,
         },
         "config": model.config,
-        "features_n": len(model.features.vocabulary),
+        "features_n": model.features.n_features,
         "metrics": {"heldout": {k: scores[k] for k in ("n", "accuracy", "macro_f1")}},
         "libraries": library_versions(),
         "train_seconds": round(time.perf_counter() - started, 1),
