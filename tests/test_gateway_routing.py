@@ -270,13 +270,17 @@ def test_watchdog_dead_report_trips_breaker_and_parked_shows_in_health() -> None
 
 
 def test_poller_marks_a_hung_worker_not_ready_after_repeated_timeouts() -> None:
-    with gateway_with_workers(1) as (app, gw, workers, _fb, _log):
+    with gateway_with_workers(1) as (app, gw, workers, _fb, log):
         worker = gw.state.pool.workers[0]
+        assert log.events("worker_ready") == [
+            {"worker": "primary_0", "pid": 1000, "model_version": "fake-primary"}
+        ]
         workers[0].mode, workers[0].delay_s = "hung", 30.0
         gw.poller.poll_once(worker)
         assert worker.ready, "one slow poll is not enough to call it hung"
         gw.poller.poll_once(worker)
         assert not worker.ready and worker.not_ready_reason == "/ready timeout"
+        assert log.events("worker_not_ready")[0]["reason"] == "/ready timeout"
         body = analyze(app).get_json()
         assert body["reason"] == "primary_down" and workers[0].predicts == 0
 

@@ -98,7 +98,7 @@ def create_app(
         state=state,
         router=Router(pool, fallback, admission, log),
         metrics=Metrics(state),
-        poller=ReadinessPoller(pool),
+        poller=ReadinessPoller(pool, log),
         log=log,
     )
     app = Flask(__name__, static_folder=None)

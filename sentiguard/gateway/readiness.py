@@ -2,9 +2,10 @@
 
 One daemon thread per worker (a hung worker must not delay the others' polls) asks
 `/ready` every `POLL_INTERVAL_S` with a `POLL_TIMEOUT_S` timeout and records ready, pid
-and model version in the `WorkerPool`. Requests never wait on it: they read what it last
-recorded. It also samples the worker's memory with psutil while the watchdog's numbers
-are missing or stale, so /status shows memory even without a watchdog.
+and model version in the `WorkerPool`, logging each change (`worker_ready`,
+`worker_not_ready`). Requests never wait on it: they read what it last recorded. It also
+samples the worker's memory with psutil while the watchdog's numbers are missing or
+stale, so /status shows memory even without a watchdog.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ import psutil
 
 from sentiguard.gateway.client import FailureKind, WorkerClient, WorkerFailure
 from sentiguard.gateway.workers import Worker, WorkerPool
+from sentiguard.logs import EventLog, log_event
 
 POLL_INTERVAL_S = 0.5
-POLL_TIMEOUT_S = 0.5
-# A busy worker can miss one short poll; two timeouts in a row mean it is not answering.
-# A refused connection needs no second opinion.
+# /ready does no inference, but on a CPU-starved host a healthy worker can still be slow to
+# answer; a false "not ready" costs more than a slower hang detection (the breaker and the
+# watchdog catch hangs too). Two timeouts in a row mean it is not answering; a refused
+# connection needs no second opinion.
+POLL_TIMEOUT_S = 1.0
 TIMEOUTS_BEFORE_NOT_READY = 2
 WATCHDOG_FRESH_S = 10.0
 
@@ -28,8 +32,11 @@ WATCHDOG_FRESH_S = 10.0
 class ReadinessPoller:
     """Polls every worker of `pool` until `stop()`; `poll_once` is one pass, for tests."""
 
-    def __init__(self, pool: WorkerPool, client: WorkerClient | None = None) -> None:
+    def __init__(
+        self, pool: WorkerPool, log: EventLog = log_event, client: WorkerClient | None = None
+    ) -> None:
         self.pool = pool
+        self.log = log
         self.client = client or WorkerClient()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -64,21 +71,24 @@ class ReadinessPoller:
                 return
             self._timeouts[worker.index] = 0
             reason = "unreachable" if e.kind is FailureKind.CONNECT else f"/ready {e.kind}"
-            self.pool.mark_not_ready(worker, reason)
+            self._not_ready(worker, reason)
             return
         self._timeouts[worker.index] = 0
         if status == 200 and isinstance(body, dict) and body.get("ready") is True:
             pid = body.get("pid")
             version = body.get("model_version")
-            self.pool.mark_ready(
-                worker,
-                pid if isinstance(pid, int) else None,
-                str(version) if version is not None else None,
-            )
+            pid = pid if isinstance(pid, int) else None
+            version = str(version) if version is not None else None
+            if self.pool.mark_ready(worker, pid, version):
+                self.log("worker_ready", worker=worker.name, pid=pid, model_version=version)
             self._sample_memory(worker)
         else:
             said = body.get("reason") if isinstance(body, dict) else None
-            self.pool.mark_not_ready(worker, str(said or f"/ready answered {status}"))
+            self._not_ready(worker, str(said or f"/ready answered {status}"))
+
+    def _not_ready(self, worker: Worker, reason: str) -> None:
+        if self.pool.mark_not_ready(worker, reason):
+            self.log("worker_not_ready", worker=worker.name, pid=worker.pid, reason=reason)
 
     def _sample_memory(self, worker: Worker) -> None:
         fresh = worker.report_at is not None and (

@@ -131,8 +131,10 @@ class WorkerPool:
 
     # --- readiness poller -------------------------------------------------------------
 
-    def mark_ready(self, worker: Worker, pid: int | None, model_version: str | None) -> None:
+    def mark_ready(self, worker: Worker, pid: int | None, model_version: str | None) -> bool:
+        """Record a passed /ready; True when this changed the worker's readiness or pid."""
         with self._lock:
+            changed = not worker.ready or pid != worker.pid
             if pid is not None and pid != worker.pid:
                 # A new process: whatever the breaker learnt about the old one is moot.
                 # (A drain stays until the watchdog lifts it: it owns the recycle.)
@@ -146,11 +148,15 @@ class WorkerPool:
             worker.pid = pid
             worker.model_version = model_version
             worker.not_ready_reason = None
+            return changed
 
-    def mark_not_ready(self, worker: Worker, reason: str) -> None:
+    def mark_not_ready(self, worker: Worker, reason: str) -> bool:
+        """Record a failed /ready; True when the worker was ready until now."""
         with self._lock:
+            changed = worker.ready
             worker.ready = False
             worker.not_ready_reason = reason
+            return changed
 
     # --- watchdog reports -------------------------------------------------------------
 
