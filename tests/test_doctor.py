@@ -35,6 +35,7 @@ from sentiguard.doctor.deps import (
 )
 from sentiguard.doctor.models import (
     check_model,
+    check_models,
     manifest_files,
     sha256_file,
     structbert_problem,
@@ -463,6 +464,20 @@ def test_hash_prefix_from_the_version_is_checked(tmp_path: Path) -> None:
         (model / "manifest.json").write_text(json.dumps(manifest))
         result = check_model("fallback model", model, "fallback.model")
         assert result.status is status, result.line()
+
+
+def test_primary_is_resolved_like_the_worker_does(tmp_path: Path, primary_copy: Path) -> None:
+    hub = "damo/nlp_structbert_sentiment-classification_chinese-base"
+    s = settings_mod.load(
+        environ={"SENTIGUARD_PRIMARY_MODEL": hub, "SENTIGUARD_SERVICE_RUN_DIR": str(tmp_path)}
+    )
+    primary = check_models(s)[1]
+    assert primary.status is Status.WARN and hub in primary.detail
+    # `sentiguard reload` wrote a new model for the workers: that one is checked.
+    (tmp_path / "primary_model").write_text(f"{primary_copy}\n")
+    primary = check_models(s)[1]
+    assert primary.check == "primary (reload)" and primary.status is Status.PASS
+    assert str(primary_copy) in primary.detail
 
 
 def test_hub_id_is_a_warning_not_a_failure(tmp_path: Path) -> None:

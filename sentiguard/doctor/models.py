@@ -9,9 +9,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sentiguard import supervisord
 from sentiguard.doctor.report import Result, fail, ok, warn
+from sentiguard.primary.model import resolve_source
 from sentiguard.settings import ROOT, Settings
+from sentiguard.watchdog.reload import model_path as reload_model_path
 
 # --- model files ------------------------------------------------------------------------
 
@@ -55,17 +56,6 @@ def manifest_files(manifest: dict[str, Any]) -> dict[str, str]:
             if isinstance(sha, str):
                 found[name] = sha
     return found
-
-
-def looks_like_hub_id(value: str) -> bool:
-    """`owner/name` whose owner is not a local directory: `models/primary` is a path."""
-    parts = value.split("/")
-    return (
-        len(parts) == 2
-        and all(parts)
-        and not value.startswith((".", "~"))
-        and not (ROOT / parts[0]).is_dir()
-    )
 
 
 def structbert_problem(directory: Path) -> str | None:
@@ -181,16 +171,17 @@ def check_model(
 
 
 def check_models(settings: Settings) -> list[Result]:
-    primary_value = str(settings.get("primary.model"))
-    reloaded = supervisord.run_dir(settings) / "primary_model"
+    """Both models, the primary as a worker would resolve it: `sentiguard reload`'s
+    `<run_dir>/primary_model` over primary.model, a local directory before a hub id."""
     label = "primary model"
-    if reloaded.is_file():  # `sentiguard reload` moved the workers to this model
-        primary_value = reloaded.read_text(encoding="utf-8").strip() or primary_value
-        label = "primary model*"
-    primary_dir = Path(primary_value)
-    if not primary_dir.is_absolute():
-        primary_dir = ROOT / primary_dir
-    hub = primary_value if not primary_dir.exists() and looks_like_hub_id(primary_value) else None
+    reloaded = reload_model_path(settings)
+    if reloaded.is_file():
+        value = reloaded.read_text(encoding="utf-8").strip()
+        if value:
+            settings = settings.with_overrides({"primary.model": value})
+            label = "primary (reload)"
+    source = resolve_source(settings)
+    primary_dir = source.local_dir or settings.path("primary.model")
     return [
         check_model(
             "fallback model",
@@ -205,7 +196,7 @@ def check_models(settings: Settings) -> list[Result]:
             "primary.model",
             required=PRIMARY_FILES,
             retrain="sentiguard train primary",
-            hub_id=hub,
+            hub_id=source.hub_id,
             consistency=structbert_problem,
         ),
     ]
