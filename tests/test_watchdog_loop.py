@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +56,10 @@ class Rig:
             health=self.workers.health,
             ready=self.workers.ready,
             kill=self.kill,
+            cpu=lambda pid: self.cpu_s(),
             clock=self.clock,
         )
+        self.cpu_s: Callable[[], float | None] = lambda: 0.0
 
     def kill(self, pid: int) -> list[int]:
         self.sup.calls.append(("kill", str(pid)))
@@ -295,25 +298,50 @@ def test_a_worker_found_stopped_at_start_is_started_later_stops_are_left(tmp_pat
         r.close()
 
 
-def test_start_timeout_kills_and_doubles_for_the_next_start(tmp_path: Path) -> None:
+def test_a_start_without_progress_is_killed_as_stuck(tmp_path: Path) -> None:
     r = Rig(make_settings(tmp_path, watchdog__start_timeout_s=0.3))
     try:
         r.workers.ready_ports = {r.workers.base_port + 1}  # primary_0 never gets ready
+        r.cpu_s = lambda: 0.5  # and uses no CPU: stuck, not loading
         r.round()
-        first = events(r.settings, "start_timeout")[0]
-        assert first["worker"] == "primary_0" and first["start_timeout_s"] == 0.3
+        timeout = events(r.settings, "start_timeout")[0]
+        assert timeout["worker"] == "primary_0" and timeout["cpu_s"] == 0.5
         assert ("kill", "100") in r.sup.calls
-        assert r.rec("primary_0").slow_starts == 1
+        assert not events(r.settings, "start_slow")
         r.round()  # the kill left it EXITED: a crash, backed off
-        r.clock.now += 1.1
-        r.round()
-        second = events(r.settings, "start_timeout")[1]
-        assert second["start_timeout_s"] == 0.6 and second["waited_s"] >= 0.6
+        assert events(r.settings, "crash")[0]["worker"] == "primary_0"
+    finally:
+        r.close()
+
+
+def test_a_slow_start_that_makes_progress_is_not_killed(tmp_path: Path) -> None:
+    r = Rig(make_settings(tmp_path, watchdog__start_timeout_s=0.2))
+    try:
+        r.workers.ready_ports = {r.workers.base_port + 1}
+        used = iter(range(2, 1000, 2))  # two CPU-seconds more every window: loading
+        r.cpu_s = lambda: float(next(used))
+        r.wd.round()
+        wait_until(lambda: len(events(r.settings, "start_slow")) >= 3)
         r.workers.ready_ports = None
-        r.round()
-        r.clock.now += 2.1
-        r.round()
+        r.settle()
         assert r.rec("primary_0").phase is Phase.READY
-        assert r.rec("primary_0").slow_starts == 0
+        assert ("kill", "100") not in r.sup.calls
+        slow = events(r.settings, "start_slow")[0]
+        assert slow["cpu_s"] == 2.0 and slow["action"] == "wait 0.2s more"
+    finally:
+        r.close()
+
+
+def test_start_is_capped_even_with_progress(tmp_path: Path) -> None:
+    r = Rig(make_settings(tmp_path, watchdog__start_timeout_s=0.1))
+    try:
+        r.workers.ready_ports = {r.workers.base_port + 1}
+        used = iter(range(2, 1000, 2))
+        r.cpu_s = lambda: float(next(used))
+        r.round()
+        assert events(r.settings, "start_slow")  # given more time while it made progress
+        stuck = events(r.settings, "start_timeout")[0]  # but not more than 8 windows
+        assert stuck["waited_s"] + 0.1 > 0.8
+        assert ("kill", "100") in r.sup.calls
     finally:
         r.close()

@@ -97,3 +97,17 @@ def test_kill_tree_kills_a_stopped_tree(tree: tuple[int, Path]) -> None:
             return True
 
     wait_until(lambda: all(gone(p) for p in pids), timeout=10)
+
+
+def test_cpu_seconds_counts_the_tree_and_stops_for_a_sleeping_one(
+    tree: tuple[int, Path],
+) -> None:
+    pid, flag = tree
+    wait_until(flag.exists, timeout=30)
+    used = memory.cpu_seconds(pid)
+    assert used is not None and used > 0  # two interpreters started, 80 MB written
+    own = sum(psutil.Process(pid).cpu_times()[:2])
+    assert used > own  # the child's CPU time is in the sum
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    assert memory.cpu_seconds(proc.pid) is None

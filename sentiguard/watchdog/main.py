@@ -24,6 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 from sentiguard.logs import EventLog, now_iso
@@ -77,6 +78,7 @@ class Watchdog:
         health: Callable[[int, float], ProbeResult] = probe_health,
         ready: Callable[[int, float], Readiness] = probe_ready,
         kill: Callable[[int], list[int]] = memory.kill_tree,
+        cpu: Callable[[int], float | None] = memory.cpu_seconds,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
@@ -90,6 +92,7 @@ class Watchdog:
         self.sample = sample
         self.health = health
         self.kill = kill
+        self.cpu = cpu
         self.clock = clock
         self.stop_event = threading.Event()
         self.recycler = Recycler(
@@ -396,14 +399,39 @@ class Watchdog:
         self._bring_up(rec, start=False)
 
     def _bring_up(self, rec: WorkerRecord, start: bool) -> None:
-        timeout = self.policy.start_timeout(rec)
+        """Start (or just await) the worker until ready, dead, or stuck while loading."""
+        window = self.policy.start_timeout_s
         if start:
-            outcome = self.recycler.start_and_wait(rec.name, timeout)
+            outcome = self.recycler.start_and_wait(rec.name, window)
         else:
-            outcome = self.recycler.wait_ready(rec.name, timeout)
-        self._finish(rec, outcome)
+            outcome = self.recycler.wait_ready(rec.name, window)
+        waited = outcome.waited_s
+        # A fresh process's CPU time so far is what it used in this window; an adopted one
+        # (the watchdog restarted mid-load) is judged leniently on its first window.
+        cpu_mark = 0.0
+        cpu_used: float | None = None
+        while outcome.why == "timeout" and not self.stop_event.is_set():
+            cpu_now = self.cpu(outcome.pid) if outcome.pid else None
+            cpu_used = None if cpu_now is None else round(cpu_now - cpu_mark, 1)
+            if self.policy.start_verdict(cpu_used, waited) != "wait":
+                break
+            self._decide(
+                rec,
+                "start_slow",
+                "still loading",
+                f"wait {window:g}s more",
+                pid=outcome.pid,
+                cpu_s=cpu_used,
+                waited_s=round(waited, 1),
+            )
+            cpu_mark = cpu_now or 0.0
+            outcome = self.recycler.wait_ready(rec.name, window)
+            waited += outcome.waited_s
+        self._finish(rec, replace(outcome, waited_s=round(waited, 2)), cpu_used)
 
-    def _finish(self, rec: WorkerRecord, outcome: StartOutcome) -> None:
+    def _finish(
+        self, rec: WorkerRecord, outcome: StartOutcome, cpu_used: float | None = None
+    ) -> None:
         now = self.clock()
         with self.lock:
             rec.pid = outcome.pid
@@ -412,7 +440,6 @@ class Watchdog:
                 rec.model_version = outcome.model_version
                 rec.enter(Phase.READY, now, None)
                 rec.down_at = None
-                rec.slow_starts = 0
         if outcome.ready:
             self.gateway.put_worker(rec.name, self.report_body(rec))  # undrain at once
             self._decide(
@@ -427,21 +454,22 @@ class Watchdog:
                 recovered_s=None if down_at is None else round(now - down_at, 2),
             )
         elif outcome.why == "timeout":
-            # Alive but never ready: treat as a crash. Killing it makes supervisord report
-            # EXITED, and the next round backs off like for any other death.
+            # Alive, never ready, and no longer loading (or loading for far too long):
+            # stuck. Killing it makes supervisord report EXITED, and the next round backs
+            # off like for any other death.
             self._decide(
                 rec,
                 "start_timeout",
-                "not ready",
+                "stuck while starting",
                 "SIGKILL process tree",
                 pid=outcome.pid,
                 waited_s=outcome.waited_s,
-                start_timeout_s=self.policy.start_timeout(rec),
+                cpu_s=cpu_used,
+                start_timeout_s=self.policy.start_timeout_s,
             )
             if outcome.pid:
                 self.kill(outcome.pid)
             with self.lock:
-                rec.slow_starts += 1  # the next start gets twice as long
                 rec.enter(Phase.STARTING, now, "start timeout")
         elif outcome.why == "exited":
             self._decide(

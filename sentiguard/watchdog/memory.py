@@ -73,6 +73,22 @@ def sample(pid: int) -> MemorySample | None:
     )
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) the tree rooted at `pid` has used so far; None if gone."""
+    try:
+        procs = tree(pid)
+    except psutil.NoSuchProcess:
+        return None
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+    return total
+
+
 def kill_tree(pid: int, timeout: float = 5.0) -> list[int]:
     """SIGKILL the process and all its descendants at once; return the pids signalled.
 

@@ -12,10 +12,11 @@ and `Policy` answers with at most one `Decision`:
   `park_retry_s`; any other death -> restart after an exponential backoff
   (`backoff_initial_s` doubling up to `backoff_max_s`), reset once the worker has stayed
   ready for `backoff_max_s`;
-- a start that is not ready within its start timeout counts as a crash; that timeout is
-  `start_timeout_s`, doubled after each start that ran out of it (up to 8x), so a healthy
-  worker on a machine too busy to load it in time gets there instead of being killed in a
-  loop, and reset once a start succeeds.
+- a start not ready within `start_timeout_s` is judged by its progress: a worker that
+  used at least `START_PROGRESS_CPU_S` of CPU in that window is loading on a busy machine
+  and gets another window (killing it would only start the same slow load again, which is
+  how a loaded host turns restarts into a crash loop); one that did not is stuck, and is
+  killed as a crash. No start waits longer than `START_CAP_FACTOR` windows.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ from sentiguard.errors import ExitCode
 from sentiguard.settings import Settings
 from sentiguard.watchdog.memory import MemorySample
 from sentiguard.watchdog.probe import ProbeResult
+
+# A loading worker burns CPU (imports, weights); a stuck one does not. One CPU-second per
+# start window tells them apart even on a host with several loads per core.
+START_PROGRESS_CPU_S = 1.0
+START_CAP_FACTOR = 8
 
 
 class Phase(StrEnum):
@@ -108,7 +114,6 @@ class WorkerRecord:
     held: bool = False  # a memory hold was logged (log it once, not every round)
     down_at: float | None = None  # when the current outage was detected (for recovered_s)
     fresh: bool = True  # not yet seen by a full round
-    slow_starts: int = 0  # starts in a row that ran out of their start timeout
 
     def enter(self, phase: Phase, now: float, reason: str | None = None) -> None:
         self.phase = phase
@@ -230,5 +235,10 @@ class Policy:
         if rec.backoff.attempts and now - rec.since >= self.backoff_max_s:
             rec.backoff.reset()
 
-    def start_timeout(self, rec: WorkerRecord) -> float:
-        return self.start_timeout_s * (2 ** min(rec.slow_starts, 3))
+    def start_verdict(self, cpu_used_s: float | None, waited_s: float) -> str:
+        """After a start window without /ready: "wait" (still loading) or "kill" (stuck)."""
+        if cpu_used_s is None:
+            return "kill"
+        if waited_s + self.start_timeout_s > self.start_timeout_s * START_CAP_FACTOR:
+            return "kill"
+        return "wait" if cpu_used_s >= START_PROGRESS_CPU_S else "kill"

@@ -36,6 +36,7 @@ from sentiguard.errors import ExitCode
 from sentiguard.logs import EventLog
 from sentiguard.settings import ROOT, Settings
 from sentiguard.watchdog.drain import GatewayLink
+from sentiguard.watchdog.policy import START_CAP_FACTOR
 from sentiguard.watchdog.probe import probe_ready
 from sentiguard.watchdog.recycle import Recycler, StartOutcome, worker_port
 from sentiguard.watchdog.supervisor_client import SupervisorClient, SupervisorUnavailable
@@ -110,8 +111,8 @@ class Reload:
         self.gateway = GatewayLink(settings, log)
         self.recycler = Recycler(settings, self.supervisor, self.stop)
         # An operator is watching and a slow load is not a failure: wait as long as the
-        # watchdog's longest start timeout (start_timeout_s doubled up to 8x) allows.
-        self.start_timeout_s = float(settings.get("watchdog.start_timeout_s")) * 8
+        # watchdog lets a start that is still making progress run.
+        self.start_timeout_s = float(settings.get("watchdog.start_timeout_s")) * START_CAP_FACTOR
         self.drain_timeout_s = float(settings.get("watchdog.drain_timeout_s"))
         self.version: str | None = None
 
