@@ -355,3 +355,24 @@ def test_memory_alert_threshold_matches_the_watchdog_limit() -> None:
     limit_mb = int(plain_env(container())["SENTIGUARD_WATCHDOG_MEMORY_LIMIT_MB"])
     assert limit_mb == settings_mod.BY_NAME["watchdog.memory_limit_mb"].default
     assert f"* {limit_mb} * 1024 * 1024" in rule["expr"]
+
+
+def test_dashboard_panels_are_laid_out_and_filtered_by_instance() -> None:
+    board = json.loads((DEPLOY / "grafana-dashboard.json").read_text())
+    variables = {v["name"] for v in board["templating"]["list"]}
+    assert {"datasource", "instance"} <= variables
+    panels = board["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    cells: set[tuple[int, int]] = set()
+    for p in panels:
+        g = p["gridPos"]
+        assert g["x"] + g["w"] <= 24, p["title"]
+        area = {
+            (x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])
+        }
+        assert not area & cells, f"{p['title']} overlaps another panel"
+        cells |= area
+        if p["type"] != "row":
+            assert p["targets"] and p["datasource"]["uid"] == "${datasource}", p["title"]
+            for t in p["targets"]:
+                assert '$instance"' in t["expr"], f"{p['title']}: not filtered by $instance"
