@@ -8,11 +8,13 @@ directories) and free ports, so nothing here depends on what else runs on the ma
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
 
+import psutil
 import pytest
 
 from sentiguard import settings as settings_mod
@@ -137,8 +140,6 @@ def test_port_taken_fails_and_names_the_fix(tmp_path: Path) -> None:
 def test_removed_model_file_fails_and_names_the_fix(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
     primary = settings.path("primary.model")
-    import json
-
     weights = next(iter(manifest_files(json.loads((primary / "manifest.json").read_text()))))
     (primary / weights).unlink()
     code, lines = report(settings)
@@ -278,8 +279,6 @@ def test_worker_ports_are_each_checked() -> None:
 
 def short_run_dir() -> Iterator[Path]:
     # A unix socket path must stay under ~107 bytes; pytest's tmp_path can be longer.
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="sg-doc-", dir="/tmp") as d:
         yield Path(d)
 
@@ -365,8 +364,6 @@ def fake_model(directory: Path) -> Path:
     for name in ("configuration.json", "config.json"):
         (directory / name).write_text('{"ok": true}')
     (directory / "vocab.txt").write_text("[PAD]\n")
-    import json
-
     manifest = {
         "weights": {
             "file": "model.safetensors",
@@ -453,8 +450,6 @@ def test_manifest_shapes_of_both_trainers() -> None:
 
 
 def test_hash_prefix_from_the_version_is_checked(tmp_path: Path) -> None:
-    import json
-
     model = tmp_path / "fallback"
     model.mkdir()
     (model / "model.joblib").write_bytes(b"model")
@@ -520,8 +515,6 @@ def test_running_service_memory_counts_as_available(run_dir: Path) -> None:
     )
     try:
         supervisord.pid_path(settings).write_text(f"{proc.pid}\n")
-        import psutil
-
         root = psutil.Process(proc.pid)
         deadline = time.monotonic() + 10
         while not root.children() and time.monotonic() < deadline:
