@@ -402,12 +402,24 @@ def render_status(status: dict[str, Any], decisions: list[dict[str, Any]]) -> st
         "restarts",
         "breaker",
         "in_flight",
+        "reason",
     ]
     workers = status.get("workers") or []
-    rows = [[_cell(w.get(c)) for c in columns] for w in workers]
-    lines = ["workers", *("  " + r for r in _table(columns, rows))]
+    # Restarts read best as only the causes that happened.
+    rows = [
+        [
+            _cell(
+                {k: n for k, n in v.items() if n} if c == "restarts" and isinstance(v, dict) else v
+            )
+            for c in columns
+            for v in [w.get(c)]
+        ]
+        for w in workers
+    ]
+    lines = ["workers", *("  " + r.rstrip() for r in _table(columns, rows))]
     for section in ("fallback", "watchdog"):
-        info = status.get(section) or {}
+        # The decisions are shown below, from the watchdog's own log.
+        info = {k: v for k, v in (status.get(section) or {}).items() if k != "decisions"}
         lines.append(
             f"{section}: " + ("  ".join(f"{k}={_cell(v)}" for k, v in info.items()) or "-")
         )

@@ -36,7 +36,7 @@ T = TypeVar("T")
 
 # Loading torch and a model on two cores shared with a training job is slow; readiness
 # is polled against this deadline, never slept for.
-READY_TIMEOUT_S = 240.0
+READY_TIMEOUT_S = 420.0
 
 
 def free_port() -> int:
@@ -290,6 +290,9 @@ def start_service(
         "faults.enabled": faults,
         "service.run_dir": str(root / "run"),
         "service.log_dir": str(root / "logs"),
+        # Two cores shared with training jobs and other test runs: a worker may need well
+        # over the default minute to import torch and load its model.
+        "watchdog.start_timeout_s": 300.0,
         **(overrides or {}),
     }
     env = service_env(values)

@@ -175,7 +175,7 @@ STATUS = {
             "ready": True,
             "rss_mb": 512.3,
             "uss_mb": 400.0,
-            "restarts": {"memory": 1, "hang": 2},
+            "restarts": {"memory": 1, "hang": 2, "crash": 0},
             "breaker": "closed",
             "in_flight": 3,
         },
@@ -217,6 +217,7 @@ def test_status_table_shows_workers_fallback_and_decisions(tmp_path: Path) -> No
     assert [d["ts"] for d in decisions] == ["t3", "t4", "t5", "t6", "t7"]
     text = service.render_status(STATUS, decisions)
     assert "primary_0" in text and "101" in text and "memory=1,hang=2" in text
+    assert "crash=0" not in text  # only the causes that happened
     assert "parked" in text and "open" in text
     assert "capacity=64" in text and "stale=no" in text
     assert "t7 recycle primary_0 memory restart uss_mb=1307" in text
