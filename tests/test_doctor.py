@@ -277,15 +277,11 @@ def test_worker_ports_are_each_checked() -> None:
     assert f"127.0.0.1:{base} is taken" in results[1].detail
 
 
-def short_run_dir() -> Iterator[Path]:
+@pytest.fixture
+def run_dir() -> Iterator[Path]:
     # A unix socket path must stay under ~107 bytes; pytest's tmp_path can be longer.
     with tempfile.TemporaryDirectory(prefix="sg-doc-", dir="/tmp") as d:
         yield Path(d)
-
-
-@pytest.fixture
-def run_dir() -> Iterator[Path]:
-    yield from short_run_dir()
 
 
 def socket_settings(run_dir: Path) -> settings_mod.Settings:
