@@ -1,0 +1,320 @@
+"""Primary worker benchmark: micro-batching vs one pipeline call per request.
+
+    python bench/primary.py [--seconds 6] [--clients 1,4,16]
+    python bench/primary.py --long-text    # truncation vs sliding windows on long reviews
+
+Starts, side by side on the same model and settings:
+
+- "batched": the real worker (`python -m sentiguard.primary`): requests coalesced into
+  length-bucketed forward passes;
+- "per-request": the common design, a minimal Flask app (same waitress server, same
+  thread counts) that calls ModelScope's `pipeline(text)` once per request.
+
+Each is driven by 1, 4 and 16 concurrent keep-alive clients on 127.0.0.1 sending one
+held-out review per request, for a fixed time per level. Prints throughput, p50/p99
+latency and the batched/per-request ratios, then the worker's start-up split (imports vs
+model load) and memory (after imports vs after the model). Ratios are the result; the
+absolute numbers depend on the machine and on what else runs on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sentiguard import settings as settings_mod  # noqa: E402
+from sentiguard.data import split  # noqa: E402
+
+START_TIMEOUT_S = 180.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- the per-request baseline server ----------------------------------------------------
+
+
+def serve_per_request(port: int) -> None:
+    """A minimal "Flask wraps pipeline" app: one pipeline(text) call per request."""
+    from flask import Flask, jsonify, request
+    from waitress import serve
+
+    from sentiguard.primary.model import load_model, p_positive_from_output
+
+    settings = settings_mod.load()
+    model = load_model(settings)  # sets torch threads like the worker; same pipeline
+    app = Flask("per-request")
+
+    @app.post("/predict")
+    def predict() -> Any:
+        texts = request.get_json(force=True)["texts"]
+        results = [{"p_positive": p_positive_from_output(model.pipeline(t))} for t in texts]
+        return jsonify(results=results, pid=os.getpid())
+
+    @app.get("/ready")
+    def ready() -> Any:
+        return jsonify(ready=True, pid=os.getpid())
+
+    serve(app, host="127.0.0.1", port=port, threads=settings.get("primary.server_threads"))
+
+
+# --- process handling ---------------------------------------------------------------------
+
+
+class Server:
+    def __init__(self, name: str, argv: list[str], port: int, env: dict[str, str]) -> None:
+        self.name, self.port = name, port
+        self.log = Path(f"/tmp/sentiguard-bench-{name}-{port}.log")
+        self.started = time.perf_counter()
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.ready_s = 0.0
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                sys.exit(f"{self.name} exited with {self.proc.returncode}; see {self.log}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                conn.request("GET", "/ready")
+                if conn.getresponse().status == 200:
+                    self.ready_s = time.perf_counter() - self.started
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        sys.exit(f"{self.name} not ready in {START_TIMEOUT_S} s; see {self.log}")
+
+    def events(self) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
+        for line in self.log.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                event = json.loads(line)
+                found[event["event"]] = event
+        return found
+
+    def rss_mb(self) -> float:
+        import psutil
+
+        return round(psutil.Process(self.proc.pid).memory_info().rss / 2**20, 1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+# --- load generation -------------------------------------------------------------------
+
+
+def drive(port: int, texts: list[str], clients: int, seconds: float) -> tuple[list[float], int]:
+    """`clients` threads, each a keep-alive connection sending one text per request.
+
+    Returns the latencies (s) of the requests answered in the measured window, and errors.
+    """
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    errors = [0] * clients
+    start_at = time.perf_counter() + 0.3  # everyone connected before the clock starts
+    stop_at = start_at + seconds
+
+    def client(k: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        i = k
+        while (now := time.perf_counter()) < stop_at:
+            body = json.dumps({"texts": [texts[i % len(texts)]]}, ensure_ascii=False).encode()
+            i += clients
+            t0 = time.perf_counter()
+            conn.request("POST", "/predict", body, {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            response.read()
+            if response.status != 200:
+                errors[k] += 1
+            elif now >= start_at:
+                latencies[k].append(time.perf_counter() - t0)
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return [x for per in latencies for x in per], sum(errors)
+
+
+def compare(
+    ports: dict[str, int], texts: list[str], clients: int, seconds: float, rounds: int
+) -> dict[str, dict[str, float]]:
+    """Alternate short slices between the servers, so load from other processes on a
+    shared machine falls on both alike; then pool each server's slices."""
+    pooled: dict[str, list[float]] = {name: [] for name in ports}
+    errors = dict.fromkeys(ports, 0)
+    for _ in range(rounds):
+        for name, port in ports.items():
+            latencies, failed = drive(port, texts, clients, seconds / rounds)
+            pooled[name] += latencies
+            errors[name] += failed
+    out = {}
+    for name, latencies in pooled.items():
+        done = sorted(latencies)
+        out[name] = {
+            "rps": len(done) / seconds,
+            "p50_ms": 1000 * done[len(done) // 2],
+            "p99_ms": 1000 * done[min(len(done) - 1, int(len(done) * 0.99))],
+            "errors": errors[name],
+        }
+    return out
+
+
+def bench(seconds: float, levels: list[int], rounds: int) -> None:
+    settings = settings_mod.load()
+    texts = split().heldout.texts
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SENTIGUARD_")}
+    env |= settings.as_env() | {"PYTHONUNBUFFERED": "1", "MODELSCOPE_LOG_LEVEL": "30"}
+    batched_port, naive_port = free_port(), free_port()
+    batched = Server(
+        "batched",
+        [sys.executable, "-m", "sentiguard.primary", "--index", "0"],
+        batched_port,
+        env | {"SENTIGUARD_PRIMARY_BASE_PORT": str(batched_port)},
+    )
+    naive = Server(
+        "per-request",
+        [sys.executable, __file__, "--serve-per-request", str(naive_port)],
+        naive_port,
+        env,
+    )
+    try:
+        batched.wait_ready()
+        naive.wait_ready()
+        print(
+            f"model {settings.get('primary.model')}  sequence_length "
+            f"{settings.get('primary.sequence_length')}  max_batch_size "
+            f"{settings.get('primary.max_batch_size')}  max_batch_wait_ms "
+            f"{settings.get('primary.max_batch_wait_ms')}  torch_threads "
+            f"{settings.get('primary.torch_threads')}  cores {os.cpu_count()}  "
+            f"{seconds:g} s per level and server in {rounds} alternating slices, "
+            f"one held-out review per request"
+        )
+        ports = {"batched": batched.port, "naive": naive.port}
+        compare(ports, texts, 4, 1.0, 1)  # warm both up the same way
+        header = (
+            f"{'clients':>7} | {'batched rps':>11} {'p50 ms':>7} {'p99 ms':>7} | "
+            f"{'per-req rps':>11} {'p50 ms':>7} {'p99 ms':>7} | {'rps ratio':>9} {'p99 ratio':>9}"
+        )
+        print(header)
+        print("-" * len(header))
+        for clients in levels:
+            result = compare(ports, texts, clients, seconds, rounds)
+            b, n = result["batched"], result["naive"]
+            print(
+                f"{clients:>7} | {b['rps']:>11.1f} {b['p50_ms']:>7.1f} {b['p99_ms']:>7.1f} | "
+                f"{n['rps']:>11.1f} {n['p50_ms']:>7.1f} {n['p99_ms']:>7.1f} | "
+                f"{b['rps'] / n['rps']:>8.2f}x {b['p99_ms'] / n['p99_ms']:>8.2f}x"
+                + (f"  errors {b['errors']}/{n['errors']}" if b["errors"] or n["errors"] else "")
+            )
+        print("(rps ratio: batched / per-request, higher is better; p99 ratio: lower is better)")
+        events = batched.events()
+        imports, loaded, ready = (
+            events["imports_done"],
+            events["model_loaded"],
+            events["worker_ready"],
+        )
+        print(
+            f"worker start to ready {ready['start_to_ready_s']:.1f} s "
+            f"(since exec {ready['since_exec_s']:.1f} s): imports {ready['import_s']:.1f} s, "
+            f"model load {ready['load_s']:.1f} s, probe {ready['probe_ms']:.0f} ms"
+        )
+        print(
+            f"worker RSS: {imports['rss_mb']:.0f} MB after imports, "
+            f"+{loaded['rss_mb'] - imports['rss_mb']:.0f} MB for the model, "
+            f"{ready['rss_mb']:.0f} MB ready, {batched.rss_mb():.0f} MB after the run "
+            f"(USS {ready['uss_mb']:.0f} MB ready)"
+        )
+    finally:
+        batched.stop()
+        naive.stop()
+
+
+# --- long texts ------------------------------------------------------------------------
+
+
+def long_text() -> None:
+    """Accuracy on held-out reviews longer than sequence_length: truncate vs windows."""
+    from sentiguard.primary.model import load_model
+
+    settings = settings_mod.load()
+    model = load_model(settings)
+    heldout = split().heldout
+    room = model.sequence_length - model.tokenizer.num_special_tokens_to_add()
+    lengths = [
+        len(ids) for ids in model.tokenizer(heldout.texts, add_special_tokens=False)["input_ids"]
+    ]
+    picked = [i for i, n in enumerate(lengths) if n > room]
+    texts = [heldout.texts[i] for i in picked]
+    labels = [heldout.labels[i] for i in picked]
+    print(
+        f"{model.version}: {len(picked)} of {len(heldout)} held-out reviews exceed "
+        f"{model.sequence_length} tokens "
+        f"(median {statistics.median(lengths[i] for i in picked):.0f})"
+    )
+    for mode in ("truncate", "window"):
+        model.long_text = mode
+        t0 = time.perf_counter()
+        answers = model.predict(texts)
+        took = time.perf_counter() - t0
+        correct = sum(
+            (a.p_positive >= 0.5) == bool(y) for a, y in zip(answers, labels, strict=True)
+        )
+        print(
+            f"  {mode:>8}: accuracy {correct / len(texts):.4f} ({correct}/{len(texts)}), "
+            f"{1000 * took / len(texts):.1f} ms per long review"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=6.0, help="measured seconds per level")
+    parser.add_argument("--clients", default="1,4,16", help="concurrency levels")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="alternating slices per level and server"
+    )
+    parser.add_argument("--long-text", action="store_true", help="truncate vs window accuracy")
+    parser.add_argument("--serve-per-request", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_per_request:
+        serve_per_request(args.serve_per_request)
+    elif args.long_text:
+        long_text()
+    else:
+        bench(args.seconds, [int(c) for c in args.clients.split(",")], args.rounds)
+
+
+if __name__ == "__main__":
+    main()
