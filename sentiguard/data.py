@@ -104,7 +104,8 @@ def read_file(path: str | Path) -> Dataset:
         raise DataError(f"{path}:{line}: not valid UTF-8. Hint: save the file as UTF-8.") from e
     first = content.split("\n", 1)[0]
     delimiter = "\t" if "\t" in first or path.suffix.lower() in (".tsv", ".tab") else ","
-    reader = csv.reader(io.StringIO(content, newline=""), delimiter=delimiter)
+    # strict: an unclosed quote is an error, not a text that swallows every later row.
+    reader = csv.reader(io.StringIO(content, newline=""), delimiter=delimiter, strict=True)
     try:
         header = [h.strip().lower() for h in next(reader)]
     except StopIteration:
@@ -120,6 +121,7 @@ def read_file(path: str | Path) -> Dataset:
     label_at, text_at = header.index("label"), header.index(text_col)
     texts: list[str] = []
     labels: list[int] = []
+    line = reader.line_num  # last line of the previous row: a csv.Error is in the next one
     try:
         for row in reader:
             line = reader.line_num
@@ -141,7 +143,10 @@ def read_file(path: str | Path) -> Dataset:
             texts.append(text)
             labels.append(int(label))
     except csv.Error as e:
-        raise DataError(f"{path}:{reader.line_num}: {e}. Hint: check the quoting.") from e
+        raise DataError(
+            f"{path}:{line + 1}: {e} in the row starting on this line. "
+            f"Hint: check its quoting (a quote opened and never closed reads to the end)."
+        ) from e
     if not texts:
         raise DataError(f"{path}: no labelled rows after the header.")
     return Dataset(texts, labels, str(path))
