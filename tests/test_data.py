@@ -61,7 +61,7 @@ def test_reads_csv_and_tsv(tmp_path: Path) -> None:
         ("label,text\n1,好\n0,差,多\n", ":3:", "3 fields"),
         ("label,text\n1,好\n0\n", ":3:", "1 fields"),
         ("label,text\n1,好\n1,  \n", ":3:", "empty"),
-        ('label,text\n1,好\n1,"未闭合\n', ":", "quot"),
+        ('label,text\n1,好\n1,"未闭合\n0,差\n', ":3:", "quot"),
         (b"label,text\n1,\xe5\xa5\xbd\n0,\xff\xfe\n", ":3:", "UTF-8"),
         ("", "", "empty"),
         ("label,text\n", "", "no labelled rows"),
