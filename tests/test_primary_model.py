@@ -229,3 +229,56 @@ def test_window_mode_averages_windows_of_long_texts(model: model_mod.PrimaryMode
     (truncated,) = model.predict([long_review])
     assert windowed.truncated and truncated.truncated
     assert windowed.p_positive != pytest.approx(truncated.p_positive, abs=1e-4)
+
+
+def _tiny_hf_bert(directory: Path) -> None:
+    """A random 1-layer Hugging Face BERT classifier directory (no configuration.json)."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    chars = sorted(set("".join(POSITIVE + NEGATIVE)))
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars]
+    directory.mkdir(parents=True)
+    (directory / "vocab.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
+    config = BertConfig(
+        vocab_size=len(tokens),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        id2label={0: "negative", 1: "positive"},
+        label2id={"negative": 0, "positive": 1},
+    )
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(directory)
+    BertTokenizerFast(vocab_file=str(directory / "vocab.txt")).save_pretrained(directory)
+
+
+def test_transformers_backend_serves_a_hugging_face_directory(tmp_path: Path) -> None:
+    import torch
+
+    directory = tmp_path / "hf-bert"
+    _tiny_hf_bert(directory)
+    settings = make_settings(
+        **{
+            "primary.model": str(directory),
+            "primary.backend": "transformers",
+            "primary.sequence_length": 32,
+        }
+    )
+    loaded = load_model(settings)
+    assert loaded.pipeline is None and loaded.version.startswith(f"{directory}@")
+    texts = [*POSITIVE, "好", *NEGATIVE, "好" * 100]
+    batched = loaded.predict(texts)
+    assert [b.truncated for b in batched] == [False] * 7 + [True]
+    # Reference: each text alone through the model, padded to sequence_length as a
+    # plain tokenizer call would.
+    net, tokenizer = loaded._forward, loaded.tokenizer
+    for text, b in zip(texts, batched, strict=True):
+        enc = tokenizer(
+            text, truncation=True, max_length=32, padding="max_length", return_tensors="pt"
+        )
+        with torch.inference_mode():
+            p = torch.softmax(net(**enc).logits, dim=-1)[0, 1].item()
+        assert b.p_positive == pytest.approx(p, abs=1e-5)

@@ -137,6 +137,7 @@ class WorkerProcess:
             model_version=model.version,
             start_to_ready_s=round(time.perf_counter() - self._started, 2),
             since_exec_s=round(time.time() - _process_start(), 2),
+            cpu_s=_cpu_seconds(),  # wall time on an idle machine; start-up is one thread
             import_s=round(t1 - t0, 2),
             load_s=round(t2 - t1, 2),
             probe_ms=probe_ms,
@@ -187,6 +188,13 @@ def _process_start() -> float:
     import psutil
 
     return float(psutil.Process().create_time())
+
+
+def _cpu_seconds() -> float:
+    import psutil
+
+    times = psutil.Process().cpu_times()
+    return round(times.user + times.system, 2)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
