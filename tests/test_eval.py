@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 import threading
@@ -10,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -25,11 +26,17 @@ def last_json(out: str) -> dict[str, Any]:
     return result
 
 
+def write_rows(path: Path, texts: list[str], labels: list[int]) -> None:
+    with path.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["label", "review"])
+        writer.writerows(zip(labels, texts, strict=True))
+
+
 def labelled_file(tmp_path: Path, n: int = 40) -> Path:
     heldout = split().heldout
-    rows = [f"{y}\t{t}" for t, y in zip(heldout.texts[:n], heldout.labels[:n], strict=True)]
-    path = tmp_path / "small.tsv"
-    path.write_text("label\treview\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    path = tmp_path / "small.csv"
+    write_rows(path, heldout.texts[:n], heldout.labels[:n])
     return path
 
 
@@ -119,7 +126,7 @@ def test_eval_primary_uses_load_model(
 class FakeGateway(BaseHTTPRequestHandler):
     """Answers POST /analyze like the gateway: odd batches from the fallback."""
 
-    batches: list[int] = []
+    batches: ClassVar[list[int]] = []
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -193,12 +200,8 @@ def test_eval_service_down_says_how_to_start_it(
 
 def test_train_cli_on_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     train = split().train
-    rows = [
-        f"{y},{t.replace(',', '，')}"
-        for t, y in zip(train.texts[:400], train.labels[:400], strict=True)
-    ]
     data = tmp_path / "train.csv"
-    data.write_text("label,text\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    write_rows(data, train.texts[:400], train.labels[:400])
     out = tmp_path / "model"
     assert main(["train", "fallback", "--data", str(data), "--out", str(out)]) == ExitCode.OK
     captured = capsys.readouterr()
