@@ -345,3 +345,23 @@ def test_start_is_capped_even_with_progress(tmp_path: Path) -> None:
         assert ("kill", "100") in r.sup.calls
     finally:
         r.close()
+
+
+def test_a_timed_out_probe_wakes_the_loop_and_memory_keeps_its_pace(tmp_path: Path) -> None:
+    # A long interval: without the wake-up, three misses would take three intervals.
+    r = Rig(make_settings(tmp_path, watchdog__interval_s=5.0))
+    thread = threading.Thread(target=r.wd.run)
+    try:
+        thread.start()
+        wait_until(lambda: r.rec("primary_1").phase is Phase.READY if r.wd.records else False)
+        r.workers.memory_mb[r.rec("primary_0").pid] = 150.0  # over the limit, 3 samples
+        r.workers.hung.add(1)
+        wait_until(lambda: events(r.settings, "recycle"), timeout=8.0)  # < 2 intervals
+        first = events(r.settings, "recycle")[0]
+        assert first["worker"] == "primary_1" and first["reason"] == "hang"
+        # The early rounds took no memory samples: primary_0 has not been recycled.
+        assert r.rec("primary_0").over_limit < 3
+    finally:
+        r.wd.stop()
+        thread.join(timeout=10)
+        r.close()

@@ -95,6 +95,7 @@ class Watchdog:
         self.cpu = cpu
         self.clock = clock
         self.stop_event = threading.Event()
+        self.wake = threading.Event()  # set by a failed probe: run a round now
         self.recycler = Recycler(
             settings, self.supervisor, self.stop_event, kill=kill, ready_probe=ready
         )
@@ -114,9 +115,18 @@ class Watchdog:
     def run(self) -> int:
         self.log("watchdog_started", pid=os.getpid(), action="watch", **self.policy.limits())
         try:
+            last_full = time.monotonic()
+            self.round()
             while not self.stop_event.is_set():
-                self.round()
-                self.stop_event.wait(self.interval_s)
+                # A timed-out probe wakes us early, so misses add up at the probe timeout's
+                # pace rather than one round's; memory is still sampled once an interval.
+                woken = self.wake.wait(self.interval_s)
+                self.wake.clear()
+                full = not woken or time.monotonic() - last_full >= self.interval_s
+                if full:
+                    last_full = time.monotonic()
+                if not self.stop_event.is_set():
+                    self.round(full=full)
         finally:
             self.pool.shutdown(wait=False, cancel_futures=True)
             for thread in list(self.actions.values()):
@@ -127,17 +137,22 @@ class Watchdog:
     def stop(self) -> None:
         """Ask the loop to finish its round and exit; safe from a signal handler."""
         self.stop_event.set()
+        self.wake.set()
 
     # --- one round ---------------------------------------------------------------------
 
-    def round(self) -> None:
-        """One pass of checks over every worker, then the reports to the gateway."""
+    def round(self, full: bool = True) -> None:
+        """One pass of checks over every worker, then the reports to the gateway.
+
+        `full=False` (a round a timed-out probe woke early) skips the memory samples, so
+        `memory_samples` keeps meaning that many intervals.
+        """
         infos = self._processes()
         lock = reload.read_lock(self.settings)
         self._note_reload(lock)
         if infos is not None:
             for name in sorted(infos):
-                self._check(self._record(name), infos[name], lock)
+                self._check(self._record(name), infos[name], lock, full)
         self._report(lock)
         self.rounds += 1
 
@@ -182,11 +197,18 @@ class Watchdog:
                 self.log("reload_released", action="resume recycles")
             self._reload_seen = pid
 
-    def _check(self, rec: WorkerRecord, info: ProcessInfo, lock: reload.ReloadLock | None) -> None:
+    def _check(
+        self,
+        rec: WorkerRecord,
+        info: ProcessInfo,
+        lock: reload.ReloadLock | None,
+        full: bool = True,
+    ) -> None:
         now = self.clock()
-        sample = self.sample(info.pid) if info.pid else None
+        sample = self.sample(info.pid) if info.pid and full else None
         with self.lock:
-            rec.memory = sample
+            if full:
+                rec.memory = sample
             if rec.busy:
                 return
             if lock is not None and lock.worker == rec.name:
@@ -312,6 +334,13 @@ class Watchdog:
             return
         future = self.pool.submit(self.health, rec.port, self.probe_timeout_s)
         self.probes[rec.name] = (rec.pid, self.clock(), future)
+        future.add_done_callback(self._probe_done)
+
+    def _probe_done(self, future: Future[ProbeResult]) -> None:
+        # Only a timeout wakes the loop: it is the hang's signature, and it cannot repeat
+        # faster than the probe timeout (a refused connection could spin the loop).
+        if not future.cancelled() and future.exception() is None and future.result().timed_out:
+            self.wake.set()
 
     def _collect_probe(self, rec: WorkerRecord) -> ProbeResult | None:
         pending = self.probes.get(rec.name)
