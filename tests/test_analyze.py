@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -261,6 +262,14 @@ def test_api_key_is_sent(fake: FakeGateway) -> None:
     assert client.session.headers["X-API-Key"] == "k1"
 
 
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No SENTIGUARD_* variable of the caller's shell reaches `main`'s settings."""
+    for name in [n for n in os.environ if n.startswith(settings_mod.ENV_PREFIX)]:
+        monkeypatch.delenv(name)
+
+
+@pytest.mark.usefixtures("clean_env")
 def test_cli_needs_exactly_one_of_text_and_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["analyze"]) == ExitCode.USAGE
     assert main(["analyze", "好", "--file", "x.csv"]) == ExitCode.USAGE
@@ -268,6 +277,7 @@ def test_cli_needs_exactly_one_of_text_and_file(capsys: pytest.CaptureFixture[st
     assert "give a text" in capsys.readouterr().err
 
 
+@pytest.mark.usefixtures("clean_env")
 def test_unreadable_file_through_the_cli_names_the_fix(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

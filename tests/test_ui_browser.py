@@ -5,7 +5,7 @@ worker pointed at a port where nothing listens: no worker is ready, so every ans
 from the in-process fallback with reason `primary_down`, the degraded case of the UI.
 Each test starts from a fresh page with empty localStorage.
 
-Screenshots go to a temporary directory; set SENTIGUARD_SCREENSHOTS=docs/screenshots to
+Screenshots go to a temporary directory; set UI_SCREENSHOT_DIR=docs/screenshots to
 refresh the committed ones (they are not rewritten on every run, so `make test` leaves
 the tree clean).
 """
@@ -144,7 +144,7 @@ def page(browser: WebDriver, gateway: str) -> WebDriver:
 
 @pytest.fixture
 def shots(tmp_path: Path) -> Callable[[WebDriver, str], None]:
-    folder = Path(os.environ.get("SENTIGUARD_SCREENSHOTS") or tmp_path)
+    folder = Path(os.environ.get("UI_SCREENSHOT_DIR") or tmp_path)
     folder.mkdir(parents=True, exist_ok=True)
 
     def shoot(driver: WebDriver, name: str) -> None:
