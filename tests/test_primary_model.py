@@ -282,3 +282,17 @@ def test_transformers_backend_serves_a_hugging_face_directory(tmp_path: Path) ->
         with torch.inference_mode():
             p = torch.softmax(net(**enc).logits, dim=-1)[0, 1].item()
         assert b.p_positive == pytest.approx(p, abs=1e-5)
+
+
+def test_buckets_keep_short_texts_apart_from_a_long_one() -> None:
+    m = model_mod.PrimaryModel.__new__(model_mod.PrimaryModel)
+    m.max_batch = 4
+    segments = [(i, [0] * n) for i, n in enumerate([10, 10, 10, 10, 10, 10, 120])]
+    buckets = m._buckets(segments)
+    # 4x10 | 10,10,120 costs 2 passes (2 x 256 overhead) + 40 + 360 padded tokens: less
+    # than a third pass would save.
+    assert [len(b) for b in buckets] == [4, 3]
+    assert [s for b in buckets for s in b] == segments  # every segment once, in order
+    assert all(len(b) <= 4 for b in buckets)
+    m.max_batch = 32
+    assert [len(b) for b in m._buckets(segments)] == [6, 1]  # no padding 10 -> 120

@@ -159,6 +159,8 @@ class PrimaryModel:
         """One Prediction per text, in input order."""
         import torch
 
+        if not texts:
+            return []
         room = self.sequence_length - self.tokenizer.num_special_tokens_to_add()
         content = self.tokenizer(list(texts), add_special_tokens=False, truncation=False)
         segments: list[tuple[int, list[int]]] = []  # (text index, token ids with specials)
