@@ -306,7 +306,8 @@ class Watchdog:
         rec.down_at = now
         if d.action is Action.PARK:
             fix = cause.get("fix") or "check the primary model (`sentiguard doctor`)"
-            rec.enter(Phase.PARKED, now, f"cannot start ({cause.get('cause', 'exit 4')}): {fix}")
+            # The gateway shows this as "<name> is parked (cannot start): <reason>".
+            rec.enter(Phase.PARKED, now, f"model {cause.get('cause', 'failed to load')}: {fix}")
             rec.parked_fix = fix
             self._decide(
                 rec,

@@ -114,7 +114,7 @@ class Recycler:
             except SupervisorUnavailable:
                 info = None
             if info is not None:
-                pid = info.pid
+                pid = info.pid or pid  # keep the pid of a process that just died
                 if info.state.dead:
                     return StartOutcome("exited", pid, info.exitstatus, waited_s=waited)
                 if info.state in (ProcessState.STOPPED, ProcessState.STOPPING):
