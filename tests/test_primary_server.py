@@ -222,3 +222,14 @@ def test_port_in_use_fails_with_a_hint(tmp_path: Path) -> None:
         finally:
             w.stop()
     assert "primary.base_port" in w.event("port_in_use")["fix"]
+
+
+def test_a_lone_client_does_not_wait_for_company() -> None:
+    # With a one-minute max wait, a batcher that waited for more requests would time out
+    # every submit below; without concurrency it must run each request at once.
+    batcher: Batcher[str] = Batcher(echo, max_batch_size=8, max_wait_ms=60_000).start()
+    try:
+        for i in range(3):
+            assert batcher.submit([f"t{i}"], 30) == [f"answer:t{i}"]
+    finally:
+        batcher.stop(2)

@@ -3,8 +3,9 @@
 HTTP threads call `Batcher.submit(texts)` and block; one batcher thread takes the first
 waiting request, waits up to `max_wait_ms` for more (or until `max_batch_size` texts are
 gathered), runs them through `predict` as one list, and hands each caller its own slice
-in input order. An exception from `predict` goes to the callers of that batch only; the
-next batch runs as usual.
+in input order. It waits only when requests are concurrent (the last batch held more
+than one, or more are queued): a lone client is never delayed by the wait. An exception
+from `predict` goes to the callers of that batch only; the next batch runs as usual.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class Batcher(Generic[T]):
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self.run, name="batcher", daemon=True)
         self.batches = 0
+        self._last_batch_requests = 0
         self.texts = 0
 
     def start(self) -> Batcher[T]:
@@ -94,6 +96,10 @@ class Batcher(Generic[T]):
             except queue.Empty:
                 return []
         batch, size = [first], len(first.texts)
+        if self._last_batch_requests <= 1 and self._queue.empty():
+            # No concurrency seen: waiting for company would only add max_wait_ms to a
+            # lone client's latency. Requests arriving during this pass form the next batch.
+            return batch
         deadline = time.monotonic() + self.max_wait_s
         while size < self.max_batch_size:
             left = deadline - time.monotonic()
@@ -110,6 +116,7 @@ class Batcher(Generic[T]):
 
     def _run_batch(self, batch: list[_Request[T]]) -> None:
         texts = [t for request in batch for t in request.texts]
+        self._last_batch_requests = len(batch)
         try:
             results = self.predict(texts)
             if len(results) != len(texts):
