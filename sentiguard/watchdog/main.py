@@ -7,7 +7,8 @@
    finished since the last round and start the next one (probes run in a thread pool,
    one outstanding per worker, each with its own timeout, so a hung worker delays no
    other); feed the numbers to `Policy`; hand any recycle or restart to an action thread
-   that owns the worker until it is ready again (the loop keeps watching the others);
+   (`actions.WorkerActions`) that owns the worker until it is ready again, while the loop
+   keeps watching the others;
 3. report every worker and a summary to the gateway's control socket.
 
 Every decision is one JSON line in `<log_dir>/watchdog.jsonl`. While `sentiguard reload`
@@ -24,12 +25,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
 from typing import Any
 
-from sentiguard.logs import EventLog, now_iso
+from sentiguard.logs import EventLog
 from sentiguard.settings import Settings
 from sentiguard.watchdog import memory, reload
+from sentiguard.watchdog.actions import WorkerActions, exit_reason
 from sentiguard.watchdog.drain import GatewayLink
 from sentiguard.watchdog.policy import (
     Action,
@@ -40,7 +41,7 @@ from sentiguard.watchdog.policy import (
     WorkerRecord,
 )
 from sentiguard.watchdog.probe import ProbeResult, Readiness, probe_health, probe_ready
-from sentiguard.watchdog.recycle import Recycler, StartOutcome, load_failure, worker_port
+from sentiguard.watchdog.recycle import Recycler, load_failure, worker_port
 from sentiguard.watchdog.supervisor_client import (
     ProcessInfo,
     ProcessState,
@@ -51,16 +52,11 @@ from sentiguard.watchdog.supervisor_client import (
 DECISIONS_KEPT = 20
 
 
-def exit_reason(exitstatus: int) -> str:
-    # supervisord reports -1 for a process ended by a signal (SIGKILL, OOM killer, ...).
-    return "killed by a signal" if exitstatus == -1 else f"exited with status {exitstatus}"
-
-
 def decision_log(settings: Settings) -> EventLog:
     return EventLog(path=settings.path("service.log_dir") / "watchdog.jsonl")
 
 
-class Watchdog:
+class Watchdog(WorkerActions):
     """Watches the `primary` group of supervisord. `run()` blocks; `stop()` is thread-safe.
 
     The collaborators are parameters so tests can fake supervisord, HTTP and signals;
@@ -359,181 +355,7 @@ class Watchdog:
         # A probe of an earlier process says nothing about this one.
         return future.result() if pid == rec.pid else None
 
-    # --- actions -----------------------------------------------------------------------
-
-    def _spawn(self, rec: WorkerRecord, what: str, target: Callable[[WorkerRecord], None]) -> None:
-        """Run `target(rec)` in a thread that owns the worker until it returns."""
-        if rec.busy or self.stop_event.is_set():
-            return
-        rec.busy = what
-        self.probes.pop(rec.name, None)
-
-        def run() -> None:
-            try:
-                target(rec)
-            except Exception as e:  # an action must never kill the watchdog
-                self._decide(rec, "action_failed", f"{type(e).__name__}: {e}", what)
-                with self.lock:
-                    rec.enter(Phase.DOWN, self.clock(), f"{what} failed: {e}")
-            finally:
-                with self.lock:
-                    rec.busy = None
-
-        thread = threading.Thread(target=run, name=f"{what}-{rec.name}", daemon=True)
-        self.actions[rec.name] = thread
-        thread.start()
-
-    def _recycle(self, rec: WorkerRecord, d: Decision) -> None:
-        hung = d.action is Action.KILL
-        cause = Cause.HANG if hung else Cause.MEMORY
-        self._decide(rec, "recycle", d.reason, d.action.value, **d.fields)
-        rec.enter(Phase.RECYCLING, self.clock(), d.reason)
-        rec.down_at = self.clock()
-        rec.restarts[cause.value] += 1
-
-        def steps(rec: WorkerRecord) -> None:
-            old_pid = rec.pid
-            # A hung worker will not finish anything in flight: do not wait for it.
-            in_flight, waited = self.gateway.drain_and_wait(
-                rec.name,
-                lambda: self.report_body(rec),
-                0.0 if hung else self.drain_timeout_s,
-                self.stop_event,
-            )
-            self._decide(
-                rec,
-                "drained",
-                d.reason,
-                "stop" if not hung else "kill",
-                in_flight=in_flight,
-                waited_s=waited,
-                gateway=in_flight is not None,
-            )
-            started = self.clock()
-            killed = self.recycler.take_down(rec.name, old_pid, hung)
-            stopped_s = round(self.clock() - started, 2)
-            if hung:
-                self._decide(
-                    rec, "killed", "hang", "start", pid=old_pid, pids=killed, stopped_s=stopped_s
-                )
-            else:
-                self._decide(rec, "stopped", d.reason, "start", pid=old_pid, stopped_s=stopped_s)
-            self._bring_up(rec, start=True)
-
-        self._spawn(rec, "recycle", steps)
-
-    def _start(self, rec: WorkerRecord) -> None:
-        self._bring_up(rec, start=True)
-
-    def _adopt(self, rec: WorkerRecord) -> None:
-        self._bring_up(rec, start=False)
-
-    def _bring_up(self, rec: WorkerRecord, start: bool) -> None:
-        """Start (or just await) the worker until ready, dead, or stuck while loading."""
-        window = self.policy.start_timeout_s
-        if start:
-            outcome = self.recycler.start_and_wait(rec.name, window)
-        else:
-            outcome = self.recycler.wait_ready(rec.name, window)
-        waited = outcome.waited_s
-        # A fresh process's CPU time so far is what it used in this window; an adopted one
-        # (the watchdog restarted mid-load) is judged leniently on its first window.
-        cpu_mark = 0.0
-        cpu_used: float | None = None
-        while outcome.why == "timeout" and not self.stop_event.is_set():
-            cpu_now = self.cpu(outcome.pid) if outcome.pid else None
-            cpu_used = None if cpu_now is None else round(cpu_now - cpu_mark, 1)
-            if self.policy.start_verdict(cpu_used, waited) != "wait":
-                break
-            self._decide(
-                rec,
-                "start_slow",
-                "still loading",
-                f"wait {window:g}s more",
-                pid=outcome.pid,
-                cpu_s=cpu_used,
-                waited_s=round(waited, 1),
-            )
-            cpu_mark = cpu_now or 0.0
-            outcome = self.recycler.wait_ready(rec.name, window)
-            waited += outcome.waited_s
-        self._finish(rec, replace(outcome, waited_s=round(waited, 2)), cpu_used)
-
-    def _finish(
-        self, rec: WorkerRecord, outcome: StartOutcome, cpu_used: float | None = None
-    ) -> None:
-        now = self.clock()
-        with self.lock:
-            rec.pid = outcome.pid
-            down_at = rec.down_at
-            if outcome.ready:
-                rec.model_version = outcome.model_version
-                rec.enter(Phase.READY, now, None)
-                rec.down_at = None
-        if outcome.ready:
-            self.gateway.put_worker(rec.name, self.report_body(rec))  # undrain at once
-            self._decide(
-                rec,
-                "ready",
-                None,
-                "route",
-                pid=outcome.pid,
-                model_version=outcome.model_version,
-                waited_s=outcome.waited_s,
-                # From detecting the outage (crash, hang, leak) to ready again.
-                recovered_s=None if down_at is None else round(now - down_at, 2),
-            )
-        elif outcome.why == "timeout":
-            # Alive, never ready, and no longer loading (or loading for far too long):
-            # stuck. Killing it makes supervisord report EXITED, and the next round backs
-            # off like for any other death.
-            self._decide(
-                rec,
-                "start_timeout",
-                "stuck while starting",
-                "SIGKILL process tree",
-                pid=outcome.pid,
-                waited_s=outcome.waited_s,
-                cpu_s=cpu_used,
-                start_timeout_s=self.policy.start_timeout_s,
-            )
-            if outcome.pid:
-                self.kill(outcome.pid)
-            with self.lock:
-                rec.enter(Phase.STARTING, now, "start timeout")
-        elif outcome.why == "exited":
-            self._decide(
-                rec,
-                "start_failed",
-                exit_reason(outcome.exitstatus),
-                "back off or park",
-                pid=outcome.pid,
-                exitstatus=outcome.exitstatus,
-                waited_s=outcome.waited_s,
-            )
-            with self.lock:
-                rec.enter(Phase.STARTING, now, "exited while starting")
-
     # --- reports -----------------------------------------------------------------------
-
-    def report_body(
-        self, rec: WorkerRecord, lock: reload.ReloadLock | None = None
-    ) -> dict[str, Any]:
-        """The PUT /control/workers/<name> body (docs/internals.md) for one worker."""
-        sample = rec.memory
-        drain = rec.phase is Phase.RECYCLING
-        if lock is not None and lock.worker == rec.name:
-            drain = lock.drain
-        return {
-            "drain": drain,
-            "state": rec.phase.value,
-            "reason": rec.reason,
-            "pid": rec.pid or None,
-            "rss_mb": sample.rss_mb if sample else None,
-            "uss_mb": sample.uss_mb if sample else None,
-            "restarts": {c.value: rec.restarts[c.value] for c in Cause},
-            "parked": rec.phase is Phase.PARKED,
-        }
 
     def summary(self) -> dict[str, Any]:
         limits: dict[str, Any] = {**self.policy.limits(), "interval_s": self.interval_s}
@@ -548,14 +370,3 @@ class Watchdog:
             if self.gateway.put_worker(name, body) is None:
                 return  # the gateway is away; one timeout per round is enough
         self.gateway.put_watchdog(self.summary())
-
-    def _decide(
-        self, rec: WorkerRecord, event: str, reason: str | None, action: str, **fields: Any
-    ) -> None:
-        """Log one decision as a JSON line and keep it for the gateway's /status."""
-        record: dict[str, Any] = {"worker": rec.name, "pid": rec.pid or None, "reason": reason}
-        record.update(fields)
-        record["action"] = action
-        self.log(event, **record)
-        with self._decisions_lock:
-            self.decisions.append({"ts": now_iso(), "event": event, **record})
