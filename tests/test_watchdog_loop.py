@@ -365,3 +365,35 @@ def test_a_timed_out_probe_wakes_the_loop_and_memory_keeps_its_pace(tmp_path: Pa
         r.wd.stop()
         thread.join(timeout=10)
         r.close()
+
+
+def test_a_hung_worker_is_killed_even_during_a_reload(rig: Rig) -> None:
+    reload.write_lock(rig.settings, reload.ReloadLock(os.getpid(), "m2", "primary_1", True))
+    rig.workers.hung.add(0)
+    rig.round(5)
+    assert ("kill", "100") in rig.sup.calls  # a hung worker serves nothing: no capacity lost
+    assert not events(rig.settings, "recycle_held")
+
+
+def test_a_failing_round_is_logged_and_the_loop_goes_on(tmp_path: Path) -> None:
+    r = Rig(make_settings(tmp_path))
+    real = r.sup.processes
+    failures = iter([RuntimeError("surprise")])
+
+    def flaky(group: str = "primary") -> Any:
+        for e in failures:
+            raise e
+        return real(group)
+
+    r.sup.processes = flaky  # type: ignore[method-assign]
+    thread = threading.Thread(target=r.wd.run)
+    thread.start()
+    try:
+        wait_until(lambda: r.wd.rounds >= 3)
+        failed = events(r.settings, "round_failed")
+        assert len(failed) == 1 and "surprise" in failed[0]["reason"]
+        wait_until(lambda: r.wd.records and r.rec("primary_0").phase is Phase.READY)
+    finally:
+        r.wd.stop()
+        thread.join(timeout=10)
+        r.close()

@@ -91,7 +91,7 @@ class Watchdog(WorkerActions):
         self.cpu = cpu
         self.clock = clock
         self.stop_event = threading.Event()
-        self.wake = threading.Event()  # set by a failed probe: run a round now
+        self.wake = threading.Event()  # set by a timed-out probe: run a round now
         self.recycler = Recycler(
             settings, self.supervisor, self.stop_event, kill=kill, ready_probe=ready
         )
@@ -112,7 +112,7 @@ class Watchdog(WorkerActions):
         self.log("watchdog_started", pid=os.getpid(), action="watch", **self.policy.limits())
         try:
             last_full = time.monotonic()
-            self.round()
+            self._safe_round(full=True)
             while not self.stop_event.is_set():
                 # A timed-out probe wakes us early, so misses add up at the probe timeout's
                 # pace rather than one round's; memory is still sampled once an interval.
@@ -122,13 +122,22 @@ class Watchdog(WorkerActions):
                 if full:
                     last_full = time.monotonic()
                 if not self.stop_event.is_set():
-                    self.round(full=full)
+                    self._safe_round(full=full)
         finally:
             self.pool.shutdown(wait=False, cancel_futures=True)
             for thread in list(self.actions.values()):
                 thread.join(timeout=2.0)
             self.log("watchdog_stopped", pid=os.getpid(), action="exit")
         return 0
+
+    def _safe_round(self, full: bool) -> None:
+        # A bug or a surprise in one round (an odd XML-RPC fault, a psutil race) must not
+        # end the watch: log it and try again next round. supervisord would restart us,
+        # but with every record, backoff and counter lost.
+        try:
+            self.round(full=full)
+        except Exception as e:
+            self.log("round_failed", reason=f"{type(e).__name__}: {e}", action="retry next round")
 
     def stop(self) -> None:
         """Ask the loop to finish its round and exit; safe from a signal handler."""
@@ -273,7 +282,9 @@ class Watchdog(WorkerActions):
                 if not rec.held:
                     self._decide(rec, "memory_hold", d.reason, d.action.value, **d.fields)
                 rec.held = True
-            elif lock is not None:
+            elif lock is not None and d.action is not Action.KILL:
+                # A reload moves one worker at a time; a memory recycle now would make two.
+                # A hung worker serves nothing, so killing it costs no capacity: not held.
                 if not rec.held:
                     self._decide(rec, "recycle_held", d.reason, "wait for the reload", **d.fields)
                 rec.held = True
