@@ -296,3 +296,46 @@ def test_buckets_keep_short_texts_apart_from_a_long_one() -> None:
     assert all(len(b) <= 4 for b in buckets)
     m.max_batch = 32
     assert [len(b) for b in m._buckets(segments)] == [6, 1]  # no padding 10 -> 120
+
+
+@needs_model
+def test_damaged_weights_are_corrupt(tmp_path: Path) -> None:
+    import shutil
+
+    broken = tmp_path / "bad-weights"
+    shutil.copytree(EMBEDDED_MODEL, broken)
+    (broken / "model.safetensors").write_bytes(b"\x00\x01 not safetensors at all")
+    with pytest.raises(ModelLoadError) as e:
+        load_model(make_settings(**{"primary.model": str(broken)}))
+    assert e.value.cause == "corrupt"
+    assert "sentiguard train primary" in str(e.value)
+
+
+def _kernel_refuses_huge_allocations() -> bool:
+    # With vm.overcommit_memory = 1 the kernel grants any size and the OOM killer would
+    # end this test run instead; 0 (the default) and 2 refuse a 16 TB request outright.
+    try:
+        return Path("/proc/sys/vm/overcommit_memory").read_text().strip() in ("0", "2")
+    except OSError:
+        return False
+
+
+@needs_model
+@pytest.mark.skipif(
+    not _kernel_refuses_huge_allocations(), reason="vm.overcommit_memory=1 grants any size"
+)
+def test_a_model_too_big_for_memory_is_a_memory_failure(tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    # A 64-billion-token vocabulary: torch's allocator refuses it, as it would refuse a
+    # model too big for the machine (or its container limit).
+    too_big = tmp_path / "too-big"
+    shutil.copytree(EMBEDDED_MODEL, too_big)
+    config = json.loads((too_big / "config.json").read_text(encoding="utf-8"))
+    config["vocab_size"] = 2**36
+    (too_big / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(ModelLoadError) as e:
+        load_model(make_settings(**{"primary.model": str(too_big)}))
+    assert e.value.cause == "memory"
+    assert "memory" in str(e.value).split("Fix: ", 1)[1]
