@@ -1,6 +1,7 @@
 """The watchdog process: one loop that watches every primary worker and restarts it.
 
-`Watchdog.run()` repeats, until `stop()`: wait `watchdog.interval_s`, then one round:
+`Watchdog.run()` repeats, until `stop()`: wait half of `watchdog.interval_s` (less when a
+probe times out), then one round, which samples memory only once an interval:
 
 1. ask supervisord for every worker's state and pid (one XML-RPC call);
 2. for each worker: sample its process tree's memory; collect the /health probe that
@@ -114,11 +115,13 @@ class Watchdog(WorkerActions):
             last_full = time.monotonic()
             self._safe_round(full=True)
             while not self.stop_event.is_set():
-                # A timed-out probe wakes us early, so misses add up at the probe timeout's
-                # pace rather than one round's; memory is still sampled once an interval.
-                woken = self.wake.wait(self.interval_s)
+                # Probe rounds come twice an interval, and a timed-out probe wakes us at
+                # once, so a hang is seen about probe_failures x probe_timeout after it
+                # starts, not that plus up to two intervals. Memory is sampled once an
+                # interval (full rounds), so memory_samples keeps its meaning.
+                self.wake.wait(self.interval_s / 2)
                 self.wake.clear()
-                full = not woken or time.monotonic() - last_full >= self.interval_s
+                full = time.monotonic() - last_full >= self.interval_s * 0.95
                 if full:
                     last_full = time.monotonic()
                 if not self.stop_event.is_set():
@@ -149,7 +152,7 @@ class Watchdog(WorkerActions):
     def round(self, full: bool = True) -> None:
         """One pass of checks over every worker, then the reports to the gateway.
 
-        `full=False` (a round a timed-out probe woke early) skips the memory samples, so
+        `full=False` (a probe round between two full ones) skips the memory samples, so
         `memory_samples` keeps meaning that many intervals.
         """
         infos = self._processes()
