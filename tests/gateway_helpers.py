@@ -50,8 +50,8 @@ class FakeWorker:
     """A primary worker double on 127.0.0.1:`port`. Set `mode` to change its behaviour:
 
     ok | slow (sleeps `delay_s` in /predict) | hung (sleeps `delay_s` in every route) |
-    error (500) | garbage (200, wrong shape) | drop (closes the connection, no answer) |
-    loading (/ready 503).
+    error (500) | garbage (200, wrong shape) | nan (200, NaN probabilities) |
+    drop (closes the connection, no answer) | loading (/ready 503).
     `refuse()` closes the port; `serve()` opens it again.
     """
 
@@ -109,6 +109,10 @@ class FakeWorker:
                         self._send(500, {"error": {"code": "boom", "message": "fake failure"}})
                     elif fake.mode == "garbage":
                         self._send(200, {"results": []})
+                    elif fake.mode == "nan":
+                        nan = {"p_positive": float("nan"), "truncated": False}
+                        results = [nan] * len(body["texts"])
+                        self._send(200, {"results": results, "model_version": "fake-primary"})
                     else:
                         results = [
                             {"p_positive": p_for(t), "truncated": len(t) > 100}

@@ -212,11 +212,11 @@ def test_run_of_timeouts_opens_the_breaker() -> None:
 
 def test_worker_errors_and_broken_answers_are_primary_error() -> None:
     with gateway_with_workers(1) as (app, _gw, workers, _fb, log):
-        for mode in ("error", "garbage"):
+        for mode in ("error", "garbage", "nan"):
             workers[0].mode = mode
             body = analyze(app).get_json()
             assert (body["model"], body["reason"]) == ("fallback", "primary_error"), mode
-        assert len(log.events("primary_failed")) == 2
+        assert len(log.events("primary_failed")) == 3
 
 
 def test_no_room_on_any_worker_is_overloaded() -> None:
@@ -235,7 +235,7 @@ def test_no_room_on_any_worker_is_overloaded() -> None:
 
 def test_full_fallback_sheds_with_503_retry_after_and_json_error() -> None:
     settings = {"gateway.fallback_capacity": 1, "gateway.retry_after_s": 3}
-    with gateway_with_workers(1, **settings) as (app, gw, workers, fallback, _log):
+    with gateway_with_workers(1, **settings) as (app, gw, workers, fallback, log):
         workers[0].mode = "loading"
         poll_all(gw)
         fallback.gate = threading.Event()
@@ -246,6 +246,8 @@ def test_full_fallback_sheds_with_503_retry_after_and_json_error() -> None:
             assert shed.status_code == 503
             assert shed.headers["Retry-After"] == "3"
             assert shed.get_json()["error"]["code"] == "overloaded"
+            last = log.events("access")[-1]
+            assert (last["status"], last["reason"]) == (503, "shed")
             fallback.gate.set()
             assert first.result().status_code == 200
         assert gw.state.admission.in_use == 0

@@ -161,6 +161,7 @@ def _register_errors(app: Flask, gateway: Gateway) -> None:
         response.status_code = error.status
         response.headers.update(error.headers)
         if isinstance(error, Overloaded):
+            g.reason = "shed"
             gateway.metrics.shed.inc()
         elif 400 <= error.status < 500:
             gateway.metrics.rejected.labels(code=error.code).inc()

@@ -80,16 +80,18 @@ class Router:
                     break
                 return self._ask(worker, texts, deadline)
             except WorkerFailure as e:
-                reason = (
-                    Reason.PRIMARY_TIMEOUT
-                    if e.kind is FailureKind.TIMEOUT
-                    else (Reason.PRIMARY_ERROR)
-                )
-                self._record_failure(worker, e)
-                if e.kind is not FailureKind.CONNECT or time.monotonic() >= deadline:
-                    break
+                failure = e
+            except Exception as e:
+                # A bug on this path must neither fail the request nor leave a half-open
+                # breaker's probe slot claimed forever: count it as the worker's error.
+                failure = WorkerFailure(FailureKind.ERROR, f"{type(e).__name__}: {e}")
             finally:
                 self.pool.release(worker)
+            timed_out = failure.kind is FailureKind.TIMEOUT
+            reason = Reason.PRIMARY_TIMEOUT if timed_out else Reason.PRIMARY_ERROR
+            self._record_failure(worker, failure)
+            if failure.kind is not FailureKind.CONNECT or time.monotonic() >= deadline:
+                break
         return self._fallback(texts, reason or Reason.PRIMARY_DOWN)
 
     def _ask(self, worker: Worker, texts: list[str], deadline: float) -> Answer:
@@ -138,6 +140,8 @@ def _parse_predict(status: int, body: Any, n: int) -> Answer:
         if len(results) != n:
             raise ValueError(f"{len(results)} results for {n} texts")
         p = [float(r["p_positive"]) for r in results]
+        if not all(0.0 <= x <= 1.0 for x in p):  # also rejects NaN
+            raise ValueError(f"p_positive outside [0, 1]: {p}")
         truncated = [bool(r.get("truncated", False)) for r in results]
         version = str(body["model_version"])
     except (KeyError, TypeError, ValueError) as e:
