@@ -311,3 +311,24 @@ def test_status_and_health_answer_while_a_worker_hangs() -> None:
             assert not stuck.done(), "those answers did not wait for the hung worker"
             workers[0].release.set()
             assert stuck.result().status_code == 200
+
+
+def test_a_bug_on_the_worker_path_answers_from_the_fallback_and_frees_the_probe() -> None:
+    with gateway_with_workers(1) as (app, gw, _workers, _fb, _log):
+        worker = gw.state.pool.workers[0]
+        clock = Clock()
+        worker.breaker.clock = clock
+        worker.breaker.trip("test")
+        clock.now += 10.0  # half-open: the next request is the probe
+
+        def broken(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("bug")
+
+        real = gw.router.client.request
+        gw.router.client.request = broken  # type: ignore[method-assign]
+        body = analyze(app).get_json()
+        assert (body["model"], body["reason"]) == ("fallback", "primary_error")
+        assert worker.breaker.state is BreakerState.OPEN, "the failed probe reopened it"
+        gw.router.client.request = real  # type: ignore[method-assign]
+        clock.now += 10.0
+        assert analyze(app).get_json()["model"] == "primary", "the probe slot was given back"
