@@ -397,3 +397,31 @@ def test_a_failing_round_is_logged_and_the_loop_goes_on(tmp_path: Path) -> None:
         r.wd.stop()
         thread.join(timeout=10)
         r.close()
+
+
+def test_restart_counts_survive_a_watchdog_restart_but_not_a_new_up(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    first = Rig(settings)
+    try:
+        first.round()
+        first.sup.set("primary_0", ProcessState.EXITED, 0, -9)
+        first.round()
+        first.clock.now += 1.1
+        first.round()
+        assert first.rec("primary_0").restarts["crash"] == 1
+    finally:
+        first.close()
+    second = Rig(settings)  # supervisord restarted the watchdog: same supervisord pid
+    try:
+        second.round()
+        assert second.rec("primary_0").restarts["crash"] == 1
+        assert second.wd.report_body(second.rec("primary_0"))["restarts"]["crash"] == 1
+    finally:
+        second.close()
+    third = Rig(settings)
+    third.sup.supervisord_pid = lambda: 5353  # type: ignore[method-assign]
+    try:
+        third.round()  # a new `sentiguard up`: a new supervisord, counts from zero
+        assert third.rec("primary_0").restarts["crash"] == 0
+    finally:
+        third.close()

@@ -28,6 +28,7 @@ def test_start_stop_state_pid(tmp_path: Path) -> None:
         info = procs["primary_0"]
         assert info.state is ProcessState.RUNNING and info.namespec == "primary:primary_0"
         assert psutil.Process(info.pid).name() == "sleep"
+        assert psutil.Process(info.pid).ppid() == client.supervisord_pid()
 
         client.stop("primary_0")
         stopped = client.info("primary_0")

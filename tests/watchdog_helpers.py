@@ -118,6 +118,9 @@ class FakeSupervisor:
         with self.lock:
             self.procs[name] = ProcessInfo("primary", name, state, pid, exitstatus)
 
+    def supervisord_pid(self) -> int:
+        return 4242
+
     def processes(self, group: str = "primary") -> dict[str, ProcessInfo]:
         with self.lock:
             return dict(self.procs)

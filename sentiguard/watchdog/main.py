@@ -30,7 +30,7 @@ from typing import Any
 
 from sentiguard.logs import EventLog
 from sentiguard.settings import Settings
-from sentiguard.watchdog import memory, reload
+from sentiguard.watchdog import counters, memory, reload
 from sentiguard.watchdog.actions import WorkerActions, exit_reason
 from sentiguard.watchdog.drain import GatewayLink
 from sentiguard.watchdog.policy import (
@@ -105,6 +105,8 @@ class Watchdog(WorkerActions):
         self.actions: dict[str, threading.Thread] = {}
         self._supervisor_ok: bool | None = None
         self._reload_seen: int | None = None
+        self._supervisord_pid: int | None = None
+        self._saved: counters.Counts = {}  # restart counts on disk, as last saved
         self.rounds = 0  # rounds done: lets tests and chaos runs wait for "N rounds later"
 
     # --- process lifecycle -------------------------------------------------------------
@@ -175,6 +177,10 @@ class Watchdog(WorkerActions):
         if self._supervisor_ok is False:
             self.log("supervisor_reachable", action="resume")
         self._supervisor_ok = True
+        if self._supervisord_pid is None:
+            with contextlib.suppress(SupervisorUnavailable):
+                self._supervisord_pid = self.supervisor.supervisord_pid()
+                self._saved = counters.load(self.settings, self._supervisord_pid)
         return infos
 
     def _record(self, name: str) -> WorkerRecord:
@@ -187,6 +193,8 @@ class Watchdog(WorkerActions):
                     backoff=self.policy.new_backoff(),
                     since=self.clock(),
                 )
+                # Counts from before a restart of the watchdog itself, when there are any.
+                rec.restarts.update(self._saved.get(name, {}))
                 self.records[name] = rec
             return rec
 
@@ -380,6 +388,11 @@ class Watchdog(WorkerActions):
     def _report(self, lock: reload.ReloadLock | None) -> None:
         with self.lock:
             bodies = {name: self.report_body(rec, lock) for name, rec in self.records.items()}
+        counts = {name: body["restarts"] for name, body in bodies.items()}
+        if counts != self._saved and self._supervisord_pid is not None:
+            with contextlib.suppress(OSError):  # the counts are a nicety, never worth a crash
+                counters.save(self.settings, self._supervisord_pid, counts)
+                self._saved = counts
         for name, body in sorted(bodies.items()):
             if self.gateway.put_worker(name, body) is None:
                 return  # the gateway is away; one timeout per round is enough

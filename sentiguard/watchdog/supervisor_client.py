@@ -137,6 +137,10 @@ class SupervisorClient:
         infos = (ProcessInfo.from_rpc(row) for row in rows)
         return {info.name: info for info in infos if info.group == group}
 
+    def supervisord_pid(self) -> int:
+        """The pid of supervisord itself: it tells one `sentiguard up` from the next."""
+        return int(self._call("getPID"))
+
     def info(self, name: str) -> ProcessInfo:
         return ProcessInfo.from_rpc(self._call("getProcessInfo", namespec(name)))
 

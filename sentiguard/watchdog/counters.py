@@ -1,0 +1,43 @@
+"""Restart counts that survive a restart of the watchdog itself.
+
+The counts live in the watchdog's memory and are reported to the gateway every round; a
+watchdog that crashed and was restarted by supervisord would report zeros and erase them.
+So they are also kept in `<run_dir>/watchdog_restarts.json`, tagged with the pid of the
+supervisord they belong to: a new `sentiguard up` (a new supervisord) starts from zero.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from sentiguard.settings import Settings
+
+Counts = dict[str, dict[str, int]]  # worker -> cause -> restarts
+
+
+def counts_path(settings: Settings) -> Path:
+    return settings.path("service.run_dir") / "watchdog_restarts.json"
+
+
+def load(settings: Settings, supervisord_pid: int) -> Counts:
+    """The saved counts of this supervisord's run, or {} (none, unreadable, or older run)."""
+    try:
+        data = json.loads(counts_path(settings).read_text(encoding="utf-8"))
+        if int(data["supervisord_pid"]) != supervisord_pid:
+            return {}
+        return {
+            str(worker): {str(cause): int(n) for cause, n in causes.items()}
+            for worker, causes in data["restarts"].items()
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def save(settings: Settings, supervisord_pid: int, counts: Counts) -> None:
+    path = counts_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps({"supervisord_pid": supervisord_pid, "restarts": counts}))
+    os.replace(tmp, path)  # a crash mid-write leaves the previous counts, never half a file
