@@ -198,8 +198,8 @@ def test_broken_model_starts_on_the_fallback_and_is_not_hammered(tmp_path: Path)
     assert first["model"] == "fallback" and first["reason"] == "primary_down", summary
     health = result.extra["health"]
     assert health["status"] == "degraded", summary
-    assert any("corrupt" in str(r) or "model" in str(r) for r in health["reasons"]), summary
+    assert any("corrupt" in str(r) for r in health["reasons"]), summary  # the cause, named
     assert not result.failures and all(s.model == "fallback" for s in result.samples), summary
-    # Parked, not hammered: a few starts a minute per worker at most.
-    assert result.extra["spawns_per_min"] <= 3 * svc.workers, summary
+    # Parked, not hammered: at most a few starts a minute per worker.
+    assert result.extra["restarts_per_worker_per_min"] <= 3, summary
     assert not orphans
