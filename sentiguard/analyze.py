@@ -37,10 +37,12 @@ from sentiguard.labels import label_fields
 from sentiguard.settings import Settings
 
 RESULT_COLUMNS = ("text", "label", "label_zh", "score", "model", "degraded", "reason")
-# The gateway sends one chunk to one worker in one forward pass, under gateway.deadline_ms;
-# 64 short reviews fit that deadline on a small CPU model, 256 may not (and would then all
-# come back from the fallback with reason primary_timeout).
-CHUNK_TEXTS = 64
+# The gateway sends one chunk to one worker under gateway.deadline_ms. 32 is the worker's
+# default batch (primary.max_batch_size): one chunk is one forward pass, so it fits the
+# deadline and the watchdog's /health probe waits behind at most one pass. Measured with 2
+# busy workers on a loaded 2-core machine, 64-text chunks missed the deadline (answered by
+# the fallback, primary_timeout) for 2-6 % of rows; 256 would miss it far more often.
+CHUNK_TEXTS = 32
 LANES = 2  # chunks in flight at once: one per default primary worker
 MAX_SHED_WAIT_S = 120.0  # a service that sheds load this long is not coming back soon
 CONNECT_RETRY_S = 10.0  # supervisord restarts a crashed gateway within a few seconds

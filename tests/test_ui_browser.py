@@ -294,7 +294,7 @@ def test_csv_batch_streams_in_chunks_and_downloads_one_row_per_input_row(
     seconds = time.monotonic() - started
     print(f"UI batch: {BATCH_ROWS} rows in {seconds:.1f} s")
     assert f"{BATCH_ROWS} / {BATCH_ROWS}" in by_id(page, "batch-progress-text").text
-    # progress was shown while it ran, chunk by chunk (64 rows a chunk: ~157 steps)
+    # progress was shown while it ran, chunk by chunk (32 rows a chunk: ~313 steps)
     steps = page.execute_script("return window.__progress")
     assert len([s for s in steps if f"/ {BATCH_ROWS}" in s and f"{BATCH_ROWS} /" not in s]) > 20
     summary = by_id(page, "batch-summary").text

@@ -4,7 +4,7 @@ import { $, reasonWords } from "./ui.js";
 import { MAX_FILE_BYTES, MAX_ROWS } from "./reviews.js";
 
 const KEY_STORAGE = "sentiguard.apiKey";
-const CHUNK_TEXTS = 64; // fits the primary's deadline; see CHUNK_TEXTS in analyze.py
+const CHUNK_TEXTS = 32; // one forward pass of a worker; see CHUNK_TEXTS in analyze.py
 // The gateway's defaults; refined from /openapi.json when it states them.
 export const limits = { maxTexts: 256, maxChars: 5000, maxBodyBytes: 2000000 };
 
