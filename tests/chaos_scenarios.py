@@ -216,6 +216,7 @@ class Result:
             "max_ms": round(max((s.latency_s for s in self.samples), default=0) * 1000, 1),
             "server_p99_ms": self.server_quantile(0.99),
             "faults": [vars(f) for f in self.faults],
+            "load_avg_1m": round(os.getloadavg()[0], 1),
             **self.extra,
         }
 
