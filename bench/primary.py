@@ -7,8 +7,10 @@ Starts, side by side on the same model and settings:
 
 - "batched": the real worker (`python -m sentiguard.primary`): requests coalesced into
   length-bucketed forward passes;
+- "unbatched": the same worker with primary.max_batch_size = 1;
 - "per-request": the common design, a minimal Flask app (same waitress server, same
-  thread counts) that calls ModelScope's `pipeline(text)` once per request.
+  thread counts) that calls ModelScope's `pipeline(text)` once per request, padded to
+  sequence_length as its preprocessor does.
 
 Each is driven by 1, 4 and 16 concurrent keep-alive clients on 127.0.0.1 sending one
 held-out review per request, for a fixed time per level. Prints throughput, p50/p99
@@ -167,15 +169,22 @@ def drive(port: int, texts: list[str], clients: int, seconds: float) -> tuple[li
 
 
 def compare(
-    ports: dict[str, int], texts: list[str], clients: int, seconds: float, rounds: int
+    servers: dict[str, Server], texts: list[str], clients: int, seconds: float, rounds: int
 ) -> dict[str, dict[str, float]]:
     """Alternate short slices between the servers, so load from other processes on a
-    shared machine falls on both alike; then pool each server's slices."""
-    pooled: dict[str, list[float]] = {name: [] for name in ports}
-    errors = dict.fromkeys(ports, 0)
+    shared machine falls on all alike; then pool each server's slices. Also counts the
+    server process's CPU per answered request, which other load hardly changes."""
+    import psutil
+
+    pooled: dict[str, list[float]] = {name: [] for name in servers}
+    errors = dict.fromkeys(servers, 0)
+    cpu = dict.fromkeys(servers, 0.0)
     for _ in range(rounds):
-        for name, port in ports.items():
-            latencies, failed = drive(port, texts, clients, seconds / rounds)
+        for name, server in servers.items():
+            proc = psutil.Process(server.proc.pid)
+            before = sum(proc.cpu_times()[:2])
+            latencies, failed = drive(server.port, texts, clients, seconds / rounds)
+            cpu[name] += sum(proc.cpu_times()[:2]) - before
             pooled[name] += latencies
             errors[name] += failed
     out = {}
@@ -185,6 +194,8 @@ def compare(
             "rps": len(done) / seconds,
             "p50_ms": 1000 * done[len(done) // 2],
             "p99_ms": 1000 * done[min(len(done) - 1, int(len(done) * 0.99))],
+            # includes the 0.3 s connect window per slice: a slight overestimate for all
+            "cpu_ms": 1000 * cpu[name] / max(1, len(done)),
             "errors": errors[name],
         }
     return out
@@ -195,49 +206,60 @@ def bench(seconds: float, levels: list[int], rounds: int) -> None:
     texts = split().heldout.texts
     env = {k: v for k, v in os.environ.items() if not k.startswith("SENTIGUARD_")}
     env |= settings.as_env() | {"PYTHONUNBUFFERED": "1", "MODELSCOPE_LOG_LEVEL": "30"}
-    batched_port, naive_port = free_port(), free_port()
-    batched = Server(
-        "batched",
-        [sys.executable, "-m", "sentiguard.primary", "--index", "0"],
-        batched_port,
-        env | {"SENTIGUARD_PRIMARY_BASE_PORT": str(batched_port)},
-    )
-    naive = Server(
-        "per-request",
-        [sys.executable, __file__, "--serve-per-request", str(naive_port)],
-        naive_port,
-        env,
-    )
+    worker = [sys.executable, "-m", "sentiguard.primary", "--index", "0"]
+    servers: dict[str, Server] = {}
+    for name, argv, extra in (
+        ("batched", worker, {}),
+        # Same worker, batching off: separates what batching gives from what the
+        # length-bucketed padding gives.
+        ("unbatched", worker, {"SENTIGUARD_PRIMARY_MAX_BATCH_SIZE": "1"}),
+        ("per-request", [sys.executable, __file__, "--serve-per-request"], {}),
+    ):
+        port = free_port()
+        argv = [*argv, str(port)] if name == "per-request" else argv
+        servers[name] = Server(
+            name, argv, port, env | extra | {"SENTIGUARD_PRIMARY_BASE_PORT": str(port)}
+        )
     try:
-        batched.wait_ready()
-        naive.wait_ready()
+        for server in servers.values():
+            server.wait_ready()
         print(
             f"model {settings.get('primary.model')}  sequence_length "
             f"{settings.get('primary.sequence_length')}  max_batch_size "
             f"{settings.get('primary.max_batch_size')}  max_batch_wait_ms "
             f"{settings.get('primary.max_batch_wait_ms')}  torch_threads "
-            f"{settings.get('primary.torch_threads')}  cores {os.cpu_count()}  "
-            f"{seconds:g} s per level and server in {rounds} alternating slices, "
+            f"{settings.get('primary.torch_threads')}  server_threads "
+            f"{settings.get('primary.server_threads')}  cores {os.cpu_count()}\n"
+            f"{seconds:g} s per level and server, in {rounds} alternating slices; "
             f"one held-out review per request"
         )
-        ports = {"batched": batched.port, "naive": naive.port}
-        compare(ports, texts, 4, 1.0, 1)  # warm both up the same way
+        compare(servers, texts, 4, 1.0, 1)  # warm all up the same way
         header = (
-            f"{'clients':>7} | {'batched rps':>11} {'p50 ms':>7} {'p99 ms':>7} | "
-            f"{'per-req rps':>11} {'p50 ms':>7} {'p99 ms':>7} | {'rps ratio':>9} {'p99 ratio':>9}"
+            f"{'clients':>7} {'server':>12} | {'rps':>7} {'p50 ms':>7} {'p99 ms':>7} "
+            f"{'CPU ms':>7} | "
+            f"{'batched rps ratio':>17} {'batched p99 ratio':>17}"
         )
         print(header)
         print("-" * len(header))
         for clients in levels:
-            result = compare(ports, texts, clients, seconds, rounds)
-            b, n = result["batched"], result["naive"]
-            print(
-                f"{clients:>7} | {b['rps']:>11.1f} {b['p50_ms']:>7.1f} {b['p99_ms']:>7.1f} | "
-                f"{n['rps']:>11.1f} {n['p50_ms']:>7.1f} {n['p99_ms']:>7.1f} | "
-                f"{b['rps'] / n['rps']:>8.2f}x {b['p99_ms'] / n['p99_ms']:>8.2f}x"
-                + (f"  errors {b['errors']}/{n['errors']}" if b["errors"] or n["errors"] else "")
-            )
-        print("(rps ratio: batched / per-request, higher is better; p99 ratio: lower is better)")
+            result = compare(servers, texts, clients, seconds, rounds)
+            b = result["batched"]
+            for name, r in result.items():
+                ratios = (
+                    f"{b['rps'] / r['rps']:>16.2f}x {b['p99_ms'] / r['p99_ms']:>16.2f}x"
+                    if name != "batched"
+                    else ""
+                )
+                print(
+                    f"{clients:>7} {name:>12} | {r['rps']:>7.1f} {r['p50_ms']:>7.1f} "
+                    f"{r['p99_ms']:>7.1f} {r['cpu_ms']:>7.2f} | {ratios}"
+                    + (f"  errors {r['errors']}" if r["errors"] else "")
+                )
+        print(
+            "(CPU ms: server CPU per answered request; rps ratio: batched / that server, "
+            "higher is better; p99 ratio: lower is better)"
+        )
+        batched = servers["batched"]
         events = batched.events()
         imports, loaded, ready = (
             events["imports_done"],
@@ -246,8 +268,9 @@ def bench(seconds: float, levels: list[int], rounds: int) -> None:
         )
         print(
             f"worker start to ready {ready['start_to_ready_s']:.1f} s "
-            f"(since exec {ready['since_exec_s']:.1f} s): imports {ready['import_s']:.1f} s, "
-            f"model load {ready['load_s']:.1f} s, probe {ready['probe_ms']:.0f} ms"
+            f"(since exec {ready['since_exec_s']:.1f} s; {ready['cpu_s']:.1f} s of CPU): "
+            f"imports {ready['import_s']:.1f} s, model load {ready['load_s']:.1f} s, "
+            f"probe {ready['probe_ms']:.0f} ms"
         )
         print(
             f"worker RSS: {imports['rss_mb']:.0f} MB after imports, "
@@ -256,8 +279,8 @@ def bench(seconds: float, levels: list[int], rounds: int) -> None:
             f"(USS {ready['uss_mb']:.0f} MB ready)"
         )
     finally:
-        batched.stop()
-        naive.stop()
+        for server in servers.values():
+            server.stop()
 
 
 # --- long texts ------------------------------------------------------------------------
