@@ -136,7 +136,7 @@ def main() -> int:
     parser.add_argument("--overload-s", type=float, default=30.0)
     parser.add_argument("--clients", type=int, default=64, help="overload clients")
     parser.add_argument("--broken-s", type=float, default=90.0, help="broken-model watch window")
-    parser.add_argument("--memory-limit-mb", type=int, default=900)
+    parser.add_argument("--memory-limit-mb", type=int, default=chaos.LEAK_LIMIT_MB)
     parser.add_argument("--json", metavar="FILE", help="also write the summaries here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sentiguard-chaos-") as tmp:

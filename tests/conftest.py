@@ -21,16 +21,13 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.chaos_scenarios import LEAK_LIMIT_MB
 from tests.harness import ServiceHandle, start_service
 
-# The leak test pushes one worker past this; it must sit well above a loaded worker's
-# normal memory (an embedded-model worker measured ~330 MB USS, ~500 MB RSS) and below
-# watchdog.memory_critical_mb, so the recycle is the ordinary, drained one.
-SHARED_MEMORY_LIMIT_MB = 700
-
+# A low memory limit for the leak scenario (see chaos_scenarios.LEAK_LIMIT_MB).
 SHARED_OVERRIDES = {
-    "watchdog.memory_limit_mb": SHARED_MEMORY_LIMIT_MB,
-    "watchdog.memory_critical_mb": SHARED_MEMORY_LIMIT_MB + 1000,
+    "watchdog.memory_limit_mb": LEAK_LIMIT_MB,
+    "watchdog.memory_critical_mb": LEAK_LIMIT_MB + 1000,
 }
 
 

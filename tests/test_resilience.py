@@ -193,7 +193,7 @@ def test_broken_model_starts_on_the_fallback_and_is_not_hammered(tmp_path: Path)
         wait=False,
     )
     try:
-        result = chaos.broken_model(svc, window_s=40.0)
+        result = chaos.broken_model(svc, window_s=20.0)
     finally:
         _, orphans = svc.stop()
     summary = json.dumps(result.summary(), default=str)
