@@ -6,6 +6,7 @@ accuracy checks use the committed model (models/fallback) on the held-out split.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 import threading
@@ -16,7 +17,7 @@ import pytest
 
 from sentiguard import settings as settings_mod
 from sentiguard.data import Dataset, split
-from sentiguard.errors import ModelLoadError
+from sentiguard.errors import DataError, ModelLoadError
 from sentiguard.fallback.features import FeatureSpace, char_keys, ngrams
 from sentiguard.fallback.keytable import KeyTable
 from sentiguard.fallback.model import MANIFEST_FILE, MODEL_FILE, FallbackModel
@@ -83,6 +84,8 @@ def test_feature_space_equals_sklearn_tfidf(small: Dataset) -> None:
     ours = space.transform(probe).toarray()
     theirs = reference.transform(probe).toarray()[:, order]
     assert np.abs(ours - theirs).max() < 1e-12
+    _, fitted = FeatureSpace.fit_transform(texts, min_df=2)
+    assert np.abs(fitted.toarray() - reference.transform(texts).toarray()[:, order]).max() < 1e-12
 
 
 def test_char_keys_are_the_encoded_ngrams() -> None:
@@ -171,6 +174,9 @@ def test_train_and_save_writes_manifest(small: Dataset, tmp_path: Path) -> None:
     on_disk = json.loads((tmp_path / "m" / MANIFEST_FILE).read_text(encoding="utf-8"))
     assert on_disk == manifest
     assert manifest["version"] == FallbackModel.load(tmp_path / "m").version
+    model_bytes = (tmp_path / "m" / MODEL_FILE).read_bytes()
+    assert manifest["model_sha256"] == hashlib.sha256(model_bytes).hexdigest()
+    assert manifest["version"].endswith("@" + manifest["model_sha256"][:12])
     data = manifest["training_data"]
     assert data["train_sha256"] == train.sha256() and data["split_seed"] == SEED
     held = manifest["metrics"]["heldout"]
@@ -223,3 +229,9 @@ def test_python_jieba_gives_nearly_the_same_answers(committed: FallbackModel) ->
     fast = np.asarray(committed.predict_proba(texts))
     slow = np.asarray(committed.with_tokenizer("jieba").predict_proba(texts))
     assert np.mean((fast >= 0.5) == (slow >= 0.5)) >= 0.97
+
+
+def test_training_on_one_label_says_what_is_missing() -> None:
+    one_sided = Dataset(["好", "很好", "非常好", "不错", "棒"], [1, 1, 1, 1, 1], "ones.csv")
+    with pytest.raises(DataError, match="0 negative"):
+        FallbackModel.train(one_sided, seed=SEED)

@@ -27,7 +27,7 @@ from sentiguard.fallback.keytable import KeyTable
 from sentiguard.fallback.tokenizer import Tokenizer, normalize, tokenize
 
 # Prefixes of the reference spelling: the word "好" and the character "好" are different
-# features. Control characters are removed from texts (`clean`), so they cannot collide.
+# features. `normalize` turns control characters into spaces, so no text contains these.
 WORD, BIGRAM, PAIR_SEP = "\x01", "\x02", "\x03"
 _CODE_BITS = 21  # every code point (<= 0x10FFFF) fits in 21 bits; three fit in a uint64
 # Bigram keys carry the top bit, char keys never reach it (3 x 21 = 63 bits), so both kinds
@@ -173,15 +173,17 @@ class FeatureSpace:
         cols = np.concatenate([enc.word_cols[known], position[found] + len(self.words)])
         return rows, cols
 
-    def tfidf(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def tfidf(
+        self, texts: Sequence[str], encoded: Encoded | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """CSR parts (indptr, columns, values) of the TF-IDF rows, as TfidfVectorizer
-        (sublinear_tf=True, norm='l2', smooth_idf=True) gives them."""
+        (sublinear_tf=True, norm='l2', smooth_idf=True) gives them. `encoded`, if given,
+        is `self.encode(texts)` done already."""
         n = len(texts)
-        rows, cols = self.occurrences(self.encode(texts))
+        rows, cols = self.occurrences(encoded or self.encode(texts))
         # One sort of row * n_features + column groups identical features of a row
         # together and orders rows, then columns, as CSR wants.
-        combined = np.unique(rows * self.n_features + cols, return_counts=True)
-        cell, counts = combined
+        cell, counts = np.unique(rows * self.n_features + cols, return_counts=True)
         rows, cols = np.divmod(cell, self.n_features)
         values = (np.log(counts) + 1.0) * self.idf[cols]
         norms = np.sqrt(np.bincount(rows, weights=values * values, minlength=n))
@@ -189,11 +191,11 @@ class FeatureSpace:
         indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))])
         return indptr, cols, values
 
-    def transform(self, texts: Sequence[str]) -> Any:
+    def transform(self, texts: Sequence[str], encoded: Encoded | None = None) -> Any:
         """The TF-IDF rows as a scipy CSR matrix (n_texts x n_features)."""
         import scipy.sparse as sp  # only training and tests need a matrix
 
-        indptr, cols, values = self.tfidf(texts)
+        indptr, cols, values = self.tfidf(texts, encoded)
         return sp.csr_matrix((values, cols, indptr), shape=(len(texts), self.n_features))
 
     def decision(self, texts: Sequence[str], coef: np.ndarray, intercept: float) -> np.ndarray:
@@ -209,17 +211,24 @@ class FeatureSpace:
     def fit(
         cls, texts: Sequence[str], min_df: int = 2, tokenizer: Tokenizer = tokenize
     ) -> FeatureSpace:
-        """Vocabulary = every feature in at least `min_df` texts; smooth idf as sklearn's.
+        """Vocabulary = every feature in at least `min_df` texts; smooth idf as sklearn's."""
+        return cls.fit_transform(texts, min_df, tokenizer)[0]
+
+    @classmethod
+    def fit_transform(
+        cls, texts: Sequence[str], min_df: int = 2, tokenizer: Tokenizer = tokenize
+    ) -> tuple[FeatureSpace, Any]:
+        """`fit`, and the TF-IDF matrix of the same texts from one tokenisation.
 
         A word bigram in `min_df` texts has both its words in `min_df` texts, so keying
-        bigrams by word columns loses none.
+        bigrams by the columns of kept words loses none.
         """
         n = len(texts)
         tokenised = [tokenizer(normalize(t)) for t in texts]
         word_df = Counter(w for words in tokenised for w in set(words))
         words = sorted(w for w, df in word_df.items() if df >= min_df)
         probe = cls(words, np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0), tokenizer)
-        enc = probe.encode(texts, tokenised)
+        enc = probe.encode(texts, tokenised)  # word columns are final: words are chosen
         pair_keys, pair_df = _doc_freq(enc.pair_rows, enc.pair_keys)
         char_keys_, char_df = _doc_freq(enc.char_rows, enc.char_keys)
         keep_pair, keep_char = pair_df >= min_df, char_df >= min_df
@@ -231,7 +240,8 @@ class FeatureSpace:
             ]
         )
         idf = np.log((1.0 + n) / (1.0 + df)) + 1.0
-        return cls(words, pair_keys[keep_pair], char_keys_[keep_char], idf, tokenizer)
+        space = cls(words, pair_keys[keep_pair], char_keys_[keep_char], idf, tokenizer)
+        return space, space.transform(texts, enc)
 
     def term(self, column: int) -> str:
         """The reference (`ngrams`) spelling of a column: for tests and explanations."""

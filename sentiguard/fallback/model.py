@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from sentiguard.data import Dataset
-from sentiguard.errors import ModelLoadError
+from sentiguard.errors import DataError, ModelLoadError
 from sentiguard.fallback.features import FeatureSpace
 from sentiguard.fallback.tokenizer import DEFAULT_TOKENIZER, TOKENIZERS, Tokenizer, warm_up
 
@@ -36,7 +36,7 @@ FORMAT = 1
 # regularisations tried (3, 10), which were within noise of each other.
 MIN_DF = 2
 C = 3.0
-CALIBRATION_FOLDS = 5
+CALIBRATION_FOLDS = 3
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -89,9 +89,15 @@ class FallbackModel:
         from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
         say = progress or (lambda message: None)
+        counts = [dataset.labels.count(label) for label in (0, 1)]
+        if min(counts) < CALIBRATION_FOLDS:
+            raise DataError(
+                f"{dataset.source}: {counts[1]} positive and {counts[0]} negative texts to "
+                f"train on; the fallback needs at least {CALIBRATION_FOLDS} of each (hundreds "
+                f"for a useful model). Hint: add labelled rows of the missing kind."
+            )
         say(f"features: word 1-2-grams + char 1-3-grams of {len(dataset)} texts")
-        space = FeatureSpace.fit(dataset.texts, min_df=MIN_DF)
-        x = space.transform(dataset.texts)
+        space, x = FeatureSpace.fit_transform(dataset.texts, min_df=MIN_DF)
         y = np.asarray(dataset.labels)
         linear = LogisticRegression(C=C, solver="liblinear", random_state=seed)
         say(f"calibration: {CALIBRATION_FOLDS}-fold out-of-fold scores, {x.shape[1]} features")

@@ -11,6 +11,7 @@ macro-F1, the library versions and when it was made.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import random
@@ -78,6 +79,7 @@ def train_and_save(
         "model": "fallback",
         "version": model.version,
         "model_file": model_path.name,
+        "model_sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(),
         "model_bytes": model_path.stat().st_size,
         "training_data": {
             **(source or {}),
