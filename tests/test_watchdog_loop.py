@@ -353,7 +353,7 @@ def test_a_timed_out_probe_wakes_the_loop_and_memory_keeps_its_pace(tmp_path: Pa
     thread = threading.Thread(target=r.wd.run)
     try:
         thread.start()
-        wait_until(lambda: r.rec("primary_1").phase is Phase.READY if r.wd.records else False)
+        wait_until(lambda: len(r.wd.records) == 2 and r.rec("primary_1").phase is Phase.READY)
         r.workers.memory_mb[r.rec("primary_0").pid] = 150.0  # over the limit, 3 samples
         r.workers.hung.add(1)
         wait_until(lambda: events(r.settings, "recycle"), timeout=8.0)  # < 2 intervals
@@ -392,7 +392,7 @@ def test_a_failing_round_is_logged_and_the_loop_goes_on(tmp_path: Path) -> None:
         wait_until(lambda: r.wd.rounds >= 3)
         failed = events(r.settings, "round_failed")
         assert len(failed) == 1 and "surprise" in failed[0]["reason"]
-        wait_until(lambda: r.wd.records and r.rec("primary_0").phase is Phase.READY)
+        wait_until(lambda: len(r.wd.records) == 2 and r.rec("primary_0").phase is Phase.READY)
     finally:
         r.wd.stop()
         thread.join(timeout=10)

@@ -40,6 +40,7 @@ class WorkerActions:
     clock: Callable[[], float]
     stop_event: threading.Event
     lock: threading.RLock
+    report_lock: threading.Lock
     drain_timeout_s: float
     decisions: deque[dict[str, Any]]
     _decisions_lock: threading.Lock
@@ -156,7 +157,8 @@ class WorkerActions:
                 rec.enter(Phase.READY, now, None)
                 rec.down_at = None
         if outcome.ready:
-            self.gateway.put_worker(rec.name, self.report_body(rec))  # undrain at once
+            with self.report_lock:  # after any report built while it was still draining
+                self.gateway.put_worker(rec.name, self.report_body(rec))  # undrain at once
             self._decide(
                 rec,
                 "ready",

@@ -98,6 +98,7 @@ class Watchdog(WorkerActions):
         )
         self.records: dict[str, WorkerRecord] = {}
         self.lock = threading.RLock()
+        self.report_lock = threading.Lock()  # orders the PUTs of the loop and the actions
         self.decisions: deque[dict[str, Any]] = deque(maxlen=DECISIONS_KEPT)
         self._decisions_lock = threading.Lock()
         self.probes: dict[str, tuple[int, float, Future[ProbeResult]]] = {}
@@ -386,14 +387,17 @@ class Watchdog(WorkerActions):
         return {"pid": os.getpid(), "limits": limits, "decisions": recent}
 
     def _report(self, lock: reload.ReloadLock | None) -> None:
-        with self.lock:
-            bodies = {name: self.report_body(rec, lock) for name, rec in self.records.items()}
-        counts = {name: body["restarts"] for name, body in bodies.items()}
-        if counts != self._saved and self._supervisord_pid is not None:
-            with contextlib.suppress(OSError):  # the counts are a nicety, never worth a crash
-                counters.save(self.settings, self._supervisord_pid, counts)
-                self._saved = counts
-        for name, body in sorted(bodies.items()):
-            if self.gateway.put_worker(name, body) is None:
-                return  # the gateway is away; one timeout per round is enough
-        self.gateway.put_watchdog(self.summary())
+        # Under report_lock from building to sending, so an action thread's undrain cannot
+        # be overtaken by a report built before it (which would drain the worker again).
+        with self.report_lock:
+            with self.lock:
+                bodies = {n: self.report_body(rec, lock) for n, rec in self.records.items()}
+            counts = {name: body["restarts"] for name, body in bodies.items()}
+            if counts != self._saved and self._supervisord_pid is not None:
+                with contextlib.suppress(OSError):  # a nicety, never worth a crash
+                    counters.save(self.settings, self._supervisord_pid, counts)
+                    self._saved = counts
+            for name, body in sorted(bodies.items()):
+                if self.gateway.put_worker(name, body) is None:
+                    return  # the gateway is away; one timeout per round is enough
+            self.gateway.put_watchdog(self.summary())
