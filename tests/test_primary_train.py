@@ -1,0 +1,137 @@
+"""The primary's training recipe and the committed embedded model.
+
+The end-to-end test trains a deliberately tiny StructBERT (1 layer, 32 wide, 1 epoch, a few
+hundred texts) through the real entry point, then loads the result the way the worker
+does, through ModelScope's pipeline from the local directory.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sentiguard import settings as settings_mod
+from sentiguard.data import split
+from sentiguard.primary import train as train_mod
+from sentiguard.primary import vocab as vocab_mod
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMITTED = ROOT / "models" / "primary"
+TINY = train_mod.Recipe(
+    layers=1, hidden=32, heads=2, intermediate=64, epochs=1, max_length=64, threads=1
+)
+
+
+def write_csv(path: Path, texts: list[str], labels: list[int]) -> None:
+    with path.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["label", "review"])
+        writer.writerows(zip(labels, texts, strict=True))
+
+
+@pytest.mark.slow
+def test_train_command_end_to_end_loads_through_modelscope_pipeline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    train_part = split().train
+    data = tmp_path / "small.csv"
+    write_csv(data, train_part.texts[:300], train_part.labels[:300])
+    seen: list[list[str]] = []
+    real_build = vocab_mod.build_vocab
+
+    def spy(texts: Any, min_count: int = 2) -> list[str]:
+        texts = list(texts)
+        seen.append(texts)
+        return real_build(texts, min_count)
+
+    monkeypatch.setattr(vocab_mod, "build_vocab", spy)
+    out = tmp_path / "model"
+    recipe = train_mod.Recipe(**{**TINY.__dict__, "distill_weight": 0.5, "teacher_folds": 3})
+    code = train_mod.train_command(settings_mod.load(None, environ={}), str(data), str(out), recipe)
+
+    assert code == 0
+    assert seen == [train_part.texts[:300]]
+    for name in ("configuration.json", "config.json", "vocab.txt", "model.safetensors"):
+        assert (out / name).is_file(), name
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["weights"]["sha256"] == train_mod.sha256_file(out / "model.safetensors")
+    assert manifest["data"]["train_texts"] == 300
+    assert manifest["recipe"]["distill_weight"] == 0.5
+
+    from modelscope.pipelines import pipeline
+    from modelscope.utils.constant import Tasks
+
+    classify = pipeline(Tasks.text_classification, model=str(out), sequence_length=64)
+    answer = classify("这家店的菜很好吃")
+    assert sorted(answer["labels"]) == ["正面", "负面"]
+    assert sum(answer["scores"]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_train_command_rejects_a_bad_data_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("label,review\n2,好\n", encoding="utf-8")
+    code = train_mod.train_command(
+        settings_mod.load(None, environ={}), str(bad), str(tmp_path / "m"), TINY
+    )
+    assert code != 0
+    assert not (tmp_path / "m").exists()
+
+
+def test_vocab_is_built_from_train_texts_only() -> None:
+    parts = split()
+    tokens = set(vocab_mod.build_vocab(parts.train.texts, min_count=1))
+    train_chars = {c for text in parts.train.texts for c in text.lower()}
+    heldout_only = {c for t in parts.heldout.texts for c in t.lower()} - train_chars
+    heldout_only = {c for c in heldout_only if not c.isspace()}
+    assert heldout_only, "the split should have characters only the held-out part uses"
+    assert not heldout_only & tokens
+    assert not {"##" + c for c in heldout_only} & tokens
+
+
+def test_vocab_keeps_frequent_characters_and_special_tokens_first() -> None:
+    tokens = vocab_mod.build_vocab(["好好吃", "好吃 ok", "难"], min_count=2)
+    assert tokens[:5] == list(vocab_mod.SPECIAL_TOKENS)
+    assert "好" in tokens and "吃" in tokens
+    assert "难" not in tokens  # seen once
+    assert "o" not in tokens  # seen once as a word start
+    assert tokens == vocab_mod.build_vocab(["好好吃", "好吃 ok", "难"], min_count=2)
+
+
+def test_fast_tokenizer_used_in_training_matches_modelscope_tokenizer(tmp_path: Path) -> None:
+    """Training encodes with BertTokenizerFast; ModelScope serves with BertTokenizer."""
+    from transformers import BertTokenizer
+
+    texts = [*split().train.texts[:400], "iPhone15 真的好用！！ABC123", "質量 很好 ☺ 😀"]
+    tokens = vocab_mod.build_vocab(texts[:400])
+    fast = train_mod.make_tokenizer(tokens, tmp_path)
+    slow = BertTokenizer(str(tmp_path / "vocab.txt"))
+    for text in texts:
+        expected = slow(text, truncation=True, max_length=128)["input_ids"]
+        assert fast(text, truncation=True, max_length=128)["input_ids"] == expected, text
+
+
+def test_length_batches_cover_every_text_once() -> None:
+    lengths = [random.Random(1).randint(3, 300) for _ in range(1000)]
+    batches = train_mod.length_batches(lengths, 32, random.Random(0))
+    flat = sorted(i for batch in batches for i in batch)
+    assert flat == list(range(1000))
+    assert max(len(b) for b in batches) == 32
+
+
+def test_committed_model_manifest_matches_its_weights() -> None:
+    manifest = json.loads((COMMITTED / "manifest.json").read_text(encoding="utf-8"))
+    weights = COMMITTED / manifest["weights"]["file"]
+    assert manifest["weights"]["sha256"] == train_mod.sha256_file(weights)
+    assert manifest["weights"]["bytes"] == weights.stat().st_size
+    config = json.loads((COMMITTED / "config.json").read_text(encoding="utf-8"))
+    vocab = (COMMITTED / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    assert config["vocab_size"] == len(vocab) == manifest["vocab"]["size"]
+    assert config["id2label"] == {"0": "负面", "1": "正面"}
+    assert config["adv_grad_factor"] is None
+    total = sum(p.stat().st_size for p in COMMITTED.iterdir())
+    assert total < 20 * 1024 * 1024
