@@ -13,6 +13,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from sentiguard.data import Dataset, read_file, split
@@ -68,7 +69,21 @@ def metrics(labels: Sequence[int], p_positive: Sequence[float]) -> dict[str, Any
 Predictor = Callable[[list[str]], tuple[list[float], list[str]]]
 
 
-def _fallback(settings: Settings) -> tuple[Predictor, str, int]:
+@dataclass
+class Source:
+    """Where answers come from: `predict` one batch of at most `batch` texts; `version`
+    of the model, or for the service the versions seen in its answers (`versions`)."""
+
+    predict: Predictor
+    batch: int
+    version: str = ""
+    versions: Counter[str] = field(default_factory=Counter)
+
+    def model_version(self) -> str:
+        return self.version or ",".join(v for v, _ in self.versions.most_common()) or "unknown"
+
+
+def _fallback(settings: Settings) -> Source:
     from sentiguard.fallback.model import FallbackModel
 
     model = FallbackModel.load(settings.path("fallback.model"))
@@ -76,10 +91,10 @@ def _fallback(settings: Settings) -> tuple[Predictor, str, int]:
     def predict(texts: list[str]) -> tuple[list[float], list[str]]:
         return model.predict_proba(texts), ["fallback"] * len(texts)
 
-    return predict, model.version, BATCH
+    return Source(predict, BATCH, model.version)
 
 
-def _primary(settings: Settings) -> tuple[Predictor, str, int]:
+def _primary(settings: Settings) -> Source:
     from sentiguard.primary.model import load_model  # torch: import only when asked
 
     model = load_model(settings)
@@ -87,11 +102,11 @@ def _primary(settings: Settings) -> tuple[Predictor, str, int]:
     def predict(texts: list[str]) -> tuple[list[float], list[str]]:
         return [float(r.p_positive) for r in model.predict(texts)], ["primary"] * len(texts)
 
-    version = str(getattr(model, "version", None) or getattr(model, "model_version", "unknown"))
-    return predict, version, int(settings.get("primary.max_batch_size"))
+    return Source(predict, int(settings.get("primary.max_batch_size")), str(model.version))
 
 
-def _service(settings: Settings) -> tuple[Predictor, str, int]:
+def _service(settings: Settings) -> Source:
+    """POST /analyze to the running gateway, in batches of at most gateway.max_texts."""
     import requests
 
     host = settings.get("gateway.host")
@@ -99,8 +114,8 @@ def _service(settings: Settings) -> tuple[Predictor, str, int]:
     headers = {"Content-Type": "application/json"}
     if settings.get("gateway.api_key"):
         headers["Authorization"] = f"Bearer {settings.get('gateway.api_key')}"
-    versions: Counter[str] = Counter()
     session = requests.Session()
+    source = Source(lambda texts: ([], []), int(settings.get("gateway.max_texts")))
 
     def predict(texts: list[str]) -> tuple[list[float], list[str]]:
         try:
@@ -116,17 +131,17 @@ def _service(settings: Settings) -> tuple[Predictor, str, int]:
                 f"{response.text[:300]}. Hint: check `sentiguard status` and the gateway log."
             )
         results = response.json()["results"]
-        versions.update(str(r.get("model_version", "unknown")) for r in results)
+        source.versions.update(str(r.get("model_version", "unknown")) for r in results)
         return (
             [float(r["scores"]["positive"]) for r in results],
             [str(r.get("model", "unknown")) for r in results],
         )
 
-    predict.versions = versions  # type: ignore[attr-defined]
-    return predict, "", int(settings.get("gateway.max_texts"))
+    source.predict = predict
+    return source
 
 
-PREDICTORS: dict[str, Callable[[Settings], tuple[Predictor, str, int]]] = {
+SOURCES: dict[str, Callable[[Settings], Source]] = {
     "fallback": _fallback,
     "primary": _primary,
     "service": _service,
@@ -165,14 +180,11 @@ def eval_command(
         if limit < 1:
             raise SentiguardError(f"--limit {limit} must be 1 or more.")
         dataset = Dataset(dataset.texts[:limit], dataset.labels[:limit], dataset.source)
-    predict, version, batch = PREDICTORS[model](settings)
-    result, answered_by = evaluate(predict, dataset, batch)
-    versions: Counter[str] | None = getattr(predict, "versions", None)
-    if versions:
-        version = ",".join(v for v, _ in versions.most_common())
+    source = SOURCES[model](settings)
+    result, answered_by = evaluate(source.predict, dataset, source.batch)
     summary = {
         "model": model,
-        "model_version": version,
+        "model_version": source.model_version(),
         "data": dataset.source,
         **result,
         "models": dict(answered_by),
