@@ -102,7 +102,9 @@ class Watchdog(WorkerActions):
         self.decisions: deque[dict[str, Any]] = deque(maxlen=DECISIONS_KEPT)
         self._decisions_lock = threading.Lock()
         self.probes: dict[str, tuple[int, float, Future[ProbeResult]]] = {}
-        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
+        # One outstanding probe per worker: a thread each, so no hung probe waits for another.
+        workers = int(settings.get("primary.workers"))
+        self.pool = ThreadPoolExecutor(max_workers=workers + 2, thread_name_prefix="probe")
         self.actions: dict[str, threading.Thread] = {}
         self._supervisor_ok: bool | None = None
         self._reload_seen: int | None = None
