@@ -24,7 +24,8 @@ from sentiguard.supervisord import socket_path
 
 WORKER_GROUP = "primary"
 
-# supervisor.xmlrpc.Faults: the two that mean "already where you wanted it".
+# supervisor.xmlrpc.Faults: shutting down, and the two that mean "already done".
+_SHUTDOWN_STATE = 6
 _ALREADY_STARTED = 60
 _NOT_RUNNING = 70
 
@@ -123,7 +124,11 @@ class SupervisorClient:
             transport = _UnixTransport(socket_path(self.settings), timeout or self.timeout)
             with xmlrpc.client.ServerProxy("http://localhost/RPC2", transport=transport) as proxy:
                 return getattr(proxy.supervisor, method)(*args)
-        except xmlrpc.client.Fault:
+        except xmlrpc.client.Fault as e:
+            if e.faultCode == _SHUTDOWN_STATE:  # `down` is under way: nothing to act on
+                raise SupervisorUnavailable(
+                    f"supervisord is shutting down ({method} refused)"
+                ) from e
             raise
         except (OSError, xmlrpc.client.ProtocolError) as e:
             raise SupervisorUnavailable(
