@@ -248,9 +248,11 @@ SETTINGS: tuple[Setting, ...] = (
         "primary",
         "long_text",
         str,
-        "truncate",
-        "Texts longer than sequence_length: truncate, or window (sliding windows whose "
-        "probabilities are averaged).",
+        "window",
+        "Texts longer than sequence_length: window (half-overlapping windows whose "
+        "probabilities are averaged) or truncate (keep the start). Window was the more "
+        "accurate on the held-out reviews longer than 128 tokens (bench/primary.py "
+        "--long-text), at twice the cost for those texts only.",
         one_of("truncate", "window"),
     ),
     S(

@@ -210,7 +210,11 @@ def test_known_answers(model: model_mod.PrimaryModel) -> None:
 def test_batched_equals_the_plain_pipeline(model: model_mod.PrimaryModel) -> None:
     long_review = "这家店的东西还行，" * 40  # longer than sequence_length: truncated
     texts = [*POSITIVE, "好", long_review, *NEGATIVE, "一般般吧，价格有点贵。"]
-    batched = model.predict(texts)
+    before, model.long_text = model.long_text, "truncate"  # what the pipeline does
+    try:
+        batched = model.predict(texts)
+    finally:
+        model.long_text = before
     reference = model.predict_pipeline(texts)
     assert [b.truncated for b in batched] == [r.truncated for r in reference]
     assert batched[4].truncated
@@ -221,12 +225,14 @@ def test_batched_equals_the_plain_pipeline(model: model_mod.PrimaryModel) -> Non
 @needs_model
 def test_window_mode_averages_windows_of_long_texts(model: model_mod.PrimaryModel) -> None:
     long_review = "质量很好，非常满意。" * 30 + "但是后来坏了，很失望。" * 30
-    model.long_text = "window"
+    before = model.long_text
     try:
+        model.long_text = "window"
         (windowed,) = model.predict([long_review])
-    finally:
         model.long_text = "truncate"
-    (truncated,) = model.predict([long_review])
+        (truncated,) = model.predict([long_review])
+    finally:
+        model.long_text = before
     assert windowed.truncated and truncated.truncated
     assert windowed.p_positive != pytest.approx(truncated.p_positive, abs=1e-4)
 
