@@ -60,7 +60,7 @@ def test_eval_fallback_on_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[s
     result = last_json(out)
     assert result["n"] == 40 and result["model"] == "fallback"
     assert 0.6 <= result["accuracy"] <= 1.0 and 0.6 <= result["macro_f1"] <= 1.0
-    assert result["texts_per_s"] > 0
+    assert result["texts_per_s"] > 0 and result["cpu_seconds"] >= 0
     assert result["model_version"].startswith("fallback@")
     assert result["models"] == {"fallback": 40}
     assert "accuracy" in out.splitlines()[2]  # the readable summary comes first
