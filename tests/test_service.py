@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -296,7 +297,9 @@ def test_down_stops_everything(tmp_path: Path) -> None:
         assert {"-m sentiguard.gateway", "-m sentiguard.primary", "-m sentiguard.watchdog"} <= names
         again = svc.cli("up")  # a second instance on the same run_dir is refused
         assert again.returncode != 0 and "sentiguard down" in again.stderr
+        started = time.monotonic()
         result = svc.cli("down")
+        print(f"down took {time.monotonic() - started:.1f} s: {result.stdout.strip()}")
         assert result.returncode == 0, result.stderr
         code = svc.proc.wait(timeout=10)
         assert code == 0
@@ -319,6 +322,7 @@ def test_sigterm_to_up_stops_everything_even_a_hung_worker(tmp_path: Path) -> No
     # A stopped process ignores SIGTERM: the stop must escalate to SIGKILL in time.
     os.kill(worker, signal.SIGSTOP)
     took, orphans = svc.stop(signal.SIGTERM)
+    print(f"SIGTERM to up: stopped in {took:.1f} s (graceful timeout {graceful} s)")
     assert svc.proc.returncode == 0
     assert not orphans, orphans
     assert took <= graceful + 1.0
