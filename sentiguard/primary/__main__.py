@@ -14,13 +14,11 @@ Exit codes: 0 after SIGTERM/SIGINT (in-flight requests finish first, up to a dea
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Sequence
 from types import FrameType
 from typing import Any
@@ -103,7 +101,6 @@ class WorkerProcess:
 
         t0 = time.perf_counter()
         backend = self.settings.get("primary.backend")
-        _quiet_libraries()
         try:
             model_mod.preflight(self.settings)  # a missing file fails now, not after imports
             model_mod.import_backend(backend)
@@ -172,16 +169,6 @@ class WorkerProcess:
         server.close()
         self._log("worker_stopped", unfinished=left)
         return ExitCode.OK
-
-
-def _quiet_libraries() -> None:
-    # ModelScope logs INFO lines to stderr on every load; keep the worker's output to our
-    # JSON lines plus real warnings. transformers warns on every StructBERT forward pass
-    # that an argument ModelScope passes is deprecated: nothing an operator can act on.
-    # Its get_logger() resets the level on every call, so the level must come from its
-    # environment variable, read once at its import.
-    os.environ.setdefault("MODELSCOPE_LOG_LEVEL", str(logging.WARNING))
-    warnings.filterwarnings("ignore", message="The `device` argument is deprecated")
 
 
 def _process_start() -> float:

@@ -19,7 +19,10 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import logging
+import os
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,7 +165,11 @@ class PrimaryModel:
         if not texts:
             return []
         room = self.sequence_length - self.tokenizer.num_special_tokens_to_add()
-        content = self.tokenizer(list(texts), add_special_tokens=False, truncation=False)
+        # verbose=False: a text longer than the model's limit is expected here (it is
+        # windowed or cut below), not worth transformers' warning.
+        content = self.tokenizer(
+            list(texts), add_special_tokens=False, truncation=False, verbose=False
+        )
         segments: list[tuple[int, list[int]]] = []  # (text index, token ids with specials)
         truncated: list[bool] = []
         for i, ids in enumerate(content["input_ids"]):
@@ -250,6 +257,7 @@ def import_backend(backend: str) -> None:
 
     Kept apart from loading so the worker can report import time and memory separately.
     """
+    _quiet_libraries()
     names = ["torch", "transformers"]
     if backend == "modelscope":
         names += ["modelscope.pipelines", "modelscope.models.nlp.structbert"]
@@ -269,6 +277,20 @@ def preflight(settings: Settings) -> ModelSource:
     if source.local_dir is not None:
         _check_directory(source.local_dir)
     return source
+
+
+def _quiet_libraries() -> None:
+    """Keep ModelScope's INFO chatter and a per-forward transformers warning out of logs.
+
+    ModelScope's get_logger() resets its level on every call, so the level must come
+    from its environment variable, read once at its import. transformers warns on every
+    StructBERT forward pass that an argument ModelScope passes is deprecated: nothing an
+    operator can act on.
+    """
+    os.environ.setdefault("MODELSCOPE_LOG_LEVEL", str(logging.WARNING))
+    warnings.filterwarnings(
+        "ignore", message="The `device` argument is deprecated", category=FutureWarning
+    )
 
 
 def load_model(settings: Settings) -> PrimaryModel:
