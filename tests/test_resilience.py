@@ -117,12 +117,10 @@ def test_overload_sheds_with_retry_after_and_keeps_the_primary_serving(
     shed = [s for s in result.samples if s.status == 503]
     assert all(s.retry_after for s in shed), "a 503 without Retry-After"
     assert statuses[200] > 0.5 * len(result.samples), summary  # most are answered
-    # The answers' own latency_ms (arrival in the gateway to the answer). The client-side
-    # p99 is in the summary too: it adds the waitress I/O thread and this process's 64
-    # client threads, and on two cores shared with other jobs it reads 2-3x higher
-    # (docs/resilience.md gives both with the load average).
-    server_p99 = result.server_quantile(0.99)
-    assert server_p99 is not None and server_p99 <= 500.0, summary
+    # Client-side, as a client sees it. The summary also has the answers' own latency_ms
+    # (server_p99_ms): the difference is time spent before the app sees a request (the
+    # waitress I/O thread and task queue) plus this process's own client threads.
+    assert result.latency_quantile(0.99) <= 0.5, summary
     check_answers(result)
     # The primary keeps serving at (about) its capacity while the fallback takes the rest.
     assert result.extra["primary_ratio"] is not None and result.extra["primary_ratio"] >= 0.5, (
