@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import json
 import os
 import random
 import shutil
@@ -29,96 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.harness import Response, ServiceHandle, wait_until
-
-TEXTS = (
-    "这家店的菜很好吃，服务也热情，下次还来。",
-    "质量太差了，用了两天就坏了，非常失望。",
-    "物流很快，包装完好，和描述的一样。",
-    "客服态度恶劣，退货也不给退。",
-    "房间干净整洁，位置方便，性价比很高。",
-    "等了一个小时还没上菜，再也不来了。",
-)
-
-
-@dataclass
-class Sample:
-    """One request as a client saw it."""
-
-    start: float  # time.monotonic()
-    latency_s: float
-    status: int  # 0: no HTTP answer at all (connection error, timeout)
-    model: str | None = None
-    reason: str | None = None
-    retry_after: str | None = None
-    error: str | None = None
-    server_ms: float | None = None  # the answer's own latency_ms (inside the gateway)
-
-
-class Load:
-    """`clients` threads, each sending POST /analyze back to back over a kept-alive connection."""
-
-    def __init__(self, port: int, clients: int, timeout_s: float = 10.0) -> None:
-        self.port = port
-        self.clients = clients
-        self.timeout_s = timeout_s
-        self.samples: list[Sample] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(clients)
-        ]
-
-    def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(self.timeout_s + 5)
-
-    def _client(self, index: int) -> None:
-        rng = random.Random(index)
-        conn: http.client.HTTPConnection | None = None
-        headers = {"Content-Type": "application/json"}
-        while not self._stop.is_set():
-            body = json.dumps({"text": rng.choice(TEXTS)}, ensure_ascii=False).encode()
-            start = time.monotonic()
-            try:
-                if conn is None:
-                    conn = http.client.HTTPConnection(
-                        "127.0.0.1", self.port, timeout=self.timeout_s
-                    )
-                conn.request("POST", "/analyze", body=body, headers=headers)
-                response = conn.getresponse()
-                data = response.read()
-                sample = Sample(start, time.monotonic() - start, response.status)
-                sample.retry_after = response.getheader("Retry-After")
-                with contextlib.suppress(ValueError):
-                    doc = json.loads(data)
-                    if isinstance(doc, dict):
-                        sample.model, sample.reason = doc.get("model"), doc.get("reason")
-                        sample.server_ms = doc.get("latency_ms")
-                if response.getheader("Connection", "").lower() == "close":
-                    conn.close()
-                    conn = None
-            except (OSError, http.client.HTTPException) as e:
-                sample = Sample(start, time.monotonic() - start, 0, error=repr(e))
-                if conn is not None:
-                    conn.close()
-                conn = None
-            with self._lock:
-                self.samples.append(sample)
-        if conn is not None:
-            conn.close()
-
-    def snapshot(self) -> list[Sample]:
-        with self._lock:
-            return list(self.samples)
+from tests.load import TEXTS, Load, Sample
 
 
 @dataclass
