@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import http.client
 import json
 import os
 import signal
@@ -20,8 +21,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 from types import FrameType
@@ -145,32 +144,43 @@ def _say(event: str, **fields: Any) -> None:
     print(format_event(event, **fields), file=sys.stderr, flush=True)
 
 
+def _gateway_host(settings: Settings) -> str:
+    """Where a local client reaches the gateway: loopback when it binds every address."""
+    host = str(settings.get("gateway.host"))
+    return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+
+
 def _public_url(settings: Settings, path: str) -> str:
-    host = settings.get("gateway.host")
-    if host in ("0.0.0.0", ""):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    if ":" in host:
-        host = f"[{host}]"
+    host = _gateway_host(settings)
+    host = f"[{host}]" if ":" in host else host
     return f"http://{host}:{settings.get('gateway.port')}{path}"
 
 
 def _get_json(settings: Settings, path: str, timeout: float) -> tuple[int, Any]:
-    """GET a gateway path; returns (status, body). Raises OSError when nothing answers."""
-    request = urllib.request.Request(_public_url(settings, path))
+    """GET a gateway path; returns (status, JSON body or None). OSError when nothing answers.
+
+    Plain http.client, not urllib: urllib would route 127.0.0.1 through an http_proxy
+    set in the operator's environment.
+    """
+    headers = {}
     key = settings.get("gateway.api_key")
     if key:
-        request.add_header("Authorization", f"Bearer {key}")
+        headers["Authorization"] = f"Bearer {key}"
+    conn = http.client.HTTPConnection(
+        _gateway_host(settings), int(settings.get("gateway.port")), timeout=timeout
+    )
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as e:
-        try:
-            body = json.loads(e.read() or b"null")
-        except ValueError:
-            body = None
-        return e.code, body
+        conn.request("GET", path, headers=headers)
+        response = conn.getresponse()
+        data = response.read()
+    except http.client.HTTPException as e:
+        raise OSError(f"bad HTTP answer from the gateway: {e!r}") from e
+    finally:
+        conn.close()
+    try:
+        return response.status, json.loads(data) if data else None
+    except ValueError:
+        return response.status, None
 
 
 class Runner:
@@ -220,7 +230,7 @@ class Runner:
                 proc.send_signal(signal.SIGTERM)
             elif deadline is not None and time.monotonic() > deadline:
                 _say("stop_timeout", action="kill", graceful_timeout_s=self.graceful_s)
-                self._kill_tree(psutil.Process(proc.pid))
+                self._kill_tree(proc.pid)
                 code = proc.wait()
                 break
             if not announced and deadline is None:
@@ -229,13 +239,12 @@ class Runner:
         if self.stop_signal is not None or code == 0:
             _say("stopped", exit_code=code)
             return ExitCode.OK
-        if code != 0:
-            _say(
-                "supervisord_exited",
-                exit_code=code,
-                fix=f"read {sv.log_dir(self.settings) / 'supervisord.log'}",
-            )
-        return ExitCode.OK if code == 0 else ExitCode.ERROR
+        _say(
+            "supervisord_exited",
+            exit_code=code,
+            fix=f"read {sv.log_dir(self.settings) / 'supervisord.log'}",
+        )
+        return ExitCode.ERROR
 
     def _announce_ready(self) -> bool:
         try:
@@ -247,8 +256,9 @@ class Runner:
         _say("ready", url=_public_url(self.settings, "/"), body=body)
         return True
 
-    def _kill_tree(self, root: psutil.Process) -> None:
+    def _kill_tree(self, pid: int) -> None:
         try:
+            root = psutil.Process(pid)
             victims = [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
             victims = []
