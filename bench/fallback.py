@@ -195,7 +195,7 @@ def main() -> int:
         f"{100 * fast['texts_per_s_cpu'] / segment_cpu:.0f}% of that"
     )
     print(
-        "texts/s is wall-clock (inflated by other jobs on a shared machine); texts/cpu-s is"
+        "texts/s is wall-clock (lowered by other jobs on a shared machine); texts/cpu-s is"
         " per second of this process's own CPU time on its one pinned core."
     )
     if args.json:
