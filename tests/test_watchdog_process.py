@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from sentiguard.primary.model import reload_model_path
 from sentiguard.settings import Settings
 from sentiguard.watchdog import reload
 from sentiguard.watchdog.main import Watchdog
@@ -167,7 +168,7 @@ def test_reload_moves_workers_one_at_a_time(
     assert ready(settings, 0) == "v2" and ready(settings, 1) == "v2"
     assert all(pid_of(service, n) != before[n] for n in before)
     assert not reload.lock_path(settings).exists()
-    assert (reload.model_path(settings)).read_text().strip() == "v2"
+    assert (reload_model_path(settings)).read_text().strip() == "v2"
     steps = events(settings, "reload_step")
     assert [s["worker"] for s in steps] == ["primary_0", "primary_1"]
     assert all(s["outcome"] == "ready" for s in steps)
@@ -193,7 +194,7 @@ def test_reload_to_a_model_that_cannot_load_restores_the_previous_one(
     assert reload.reload(settings, "broken") == 1
     out = capsys.readouterr().out
     assert "died on broken (exit status 4)" in out and "Not moved: primary_1" in out
-    assert not reload.model_path(settings).exists()  # back to the configured model
+    assert not reload_model_path(settings).exists()  # back to the configured model
     wait_until(lambda: ready(settings, 0) == "v0")
     assert pid_of(service, "primary_1") == untouched
     assert not reload.lock_path(settings).exists()

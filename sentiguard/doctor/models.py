@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from sentiguard.doctor.report import Result, fail, ok, warn
-from sentiguard.primary.model import resolve_source
+from sentiguard.primary.model import resolve_source, with_reload_override
 from sentiguard.settings import ROOT, Settings
-from sentiguard.watchdog.reload import model_path as reload_model_path
 
 # --- model files ------------------------------------------------------------------------
 
@@ -173,13 +172,9 @@ def check_model(
 def check_models(settings: Settings) -> list[Result]:
     """Both models, the primary as a worker would resolve it: `sentiguard reload`'s
     `<run_dir>/primary_model` over primary.model, a local directory before a hub id."""
-    label = "primary model"
-    reloaded = reload_model_path(settings)
-    if reloaded.is_file():
-        value = reloaded.read_text(encoding="utf-8").strip()
-        if value:
-            settings = settings.with_overrides({"primary.model": value})
-            label = "primary (reload)"
+    serving = with_reload_override(settings)
+    label = "primary (reload)" if serving is not settings else "primary model"
+    settings = serving
     source = resolve_source(settings)
     primary_dir = source.local_dir or settings.path("primary.model")
     return [

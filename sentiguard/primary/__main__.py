@@ -26,6 +26,7 @@ from typing import Any
 from sentiguard import settings as settings_mod
 from sentiguard.errors import ExitCode, ModelLoadError, SettingsError
 from sentiguard.logs import log_event
+from sentiguard.primary.model import with_reload_override
 from sentiguard.primary.server import WorkerState, create_app, memory_mb
 
 TICK_S = 0.5
@@ -192,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        settings = settings_mod.load(args.config)
+        settings = with_reload_override(settings_mod.load(args.config))
     except SettingsError as e:
         log_event("config_error", worker=f"primary_{args.index}", reason=str(e))
         return ExitCode.CONFIG_ERROR

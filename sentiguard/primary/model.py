@@ -73,6 +73,22 @@ class ModelSource:
     hub_id: str | None
 
 
+def reload_model_path(settings: Settings) -> Path:
+    """`<run_dir>/primary_model`: one line, written by `sentiguard reload`, naming the model
+    (directory or hub id) every worker start loads instead of primary.model until the
+    next `sentiguard up` removes it."""
+    return settings.path("service.run_dir") / "primary_model"
+
+
+def with_reload_override(settings: Settings) -> Settings:
+    """The settings a worker serves with: a model chosen by `sentiguard reload` wins."""
+    try:
+        model = reload_model_path(settings).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return settings
+    return settings.with_overrides({"primary.model": model}) if model else settings
+
+
 def resolve_source(settings: Settings) -> ModelSource:
     """A setting naming an existing directory is local and never touches the hub.
 

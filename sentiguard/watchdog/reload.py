@@ -34,6 +34,7 @@ import psutil
 
 from sentiguard.errors import ExitCode
 from sentiguard.logs import EventLog
+from sentiguard.primary.model import reload_model_path
 from sentiguard.settings import ROOT, Settings
 from sentiguard.watchdog.drain import GatewayLink
 from sentiguard.watchdog.policy import START_CAP_FACTOR
@@ -52,11 +53,6 @@ class ReloadLock:
 
 def lock_path(settings: Settings) -> Path:
     return settings.path("service.run_dir") / "reload.lock"
-
-
-def model_path(settings: Settings) -> Path:
-    """`<run_dir>/primary_model`: the model a worker loads at start, when the file exists."""
-    return settings.path("service.run_dir") / "primary_model"
 
 
 def read_lock(settings: Settings) -> ReloadLock | None:
@@ -190,7 +186,7 @@ class Reload:
         if not names:
             _say("reload: supervisord runs no primary workers. Hint: check `sentiguard status`.")
             return ExitCode.ERROR
-        path = model_path(self.settings)
+        path = reload_model_path(self.settings)
         previous = path.read_text(encoding="utf-8") if path.exists() else None
         _write_atomic(path, self.model + "\n")
         _say(f"reload: {len(names)} workers to {self.model}, one at a time")
