@@ -78,7 +78,9 @@ def test_an_error_reaches_only_the_callers_of_its_batch() -> None:
     for name in ("boom", "b", "c", "d"):
         threads.append(threading.Thread(target=call, args=([name],)))
         threads[-1].start()
-        wait_until(lambda n=name: n in [r.texts[0] for r in list(batcher._queue.queue)], 5, name)
+        wait_until(
+            lambda n=name: n in [r.texts[0] for *_, r in list(batcher._queue.queue)], 5, name
+        )
     release.set()
     for t in threads:
         t.join(5)
@@ -86,6 +88,34 @@ def test_an_error_reaches_only_the_callers_of_its_batch() -> None:
     assert calls[1:] == [["boom", "b"], ["c", "d"]]
     assert isinstance(results["boom"], ValueError) and isinstance(results["b"], ValueError)
     assert results["first"] == ["FIRST"] and results["c"] == ["C"] and results["d"] == ["D"]
+
+
+def test_an_urgent_request_goes_ahead_of_the_queue() -> None:
+    """The /health probe waits for the batch in progress only, never for the queue."""
+    release = threading.Event()
+    calls: list[list[str]] = []
+
+    def predict(texts: list[str]) -> list[str]:
+        calls.append(texts)
+        if texts == ["first"]:
+            release.wait(5)
+        return texts
+
+    batcher: Batcher[str] = Batcher(predict, max_batch_size=1, max_wait_ms=1).start()
+    threads = [threading.Thread(target=batcher.submit, args=(["first"], 5))]
+    threads[0].start()
+    wait_until(lambda: calls, 5, "the first batch to start")
+    for name, urgent in (("a", False), ("b", False), ("probe", True)):
+        threads.append(threading.Thread(target=batcher.submit, args=([name], 5, urgent)))
+        threads[-1].start()
+        wait_until(
+            lambda n=name: n in [r.texts[0] for *_, r in list(batcher._queue.queue)], 5, name
+        )
+    release.set()
+    for t in threads:
+        t.join(5)
+    batcher.stop(2)
+    assert calls == [["first"], ["probe"], ["a"], ["b"]]
 
 
 def test_a_stopped_batcher_refuses_new_work() -> None:

@@ -6,10 +6,14 @@ gathered), runs them through `predict` as one list, and hands each caller its ow
 in input order. It waits only when requests are concurrent (the last batch held more
 than one, or more are queued): a lone client is never delayed by the wait. An exception
 from `predict` goes to the callers of that batch only; the next batch runs as usual.
+
+An `urgent` request (the /health probe) goes ahead of every queued one, so under load it
+waits for the batch in progress only: a busy worker is not mistaken for a hung one.
 """
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 import time
@@ -50,7 +54,9 @@ class Batcher(Generic[T]):
         self.predict = predict
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
-        self._queue: queue.Queue[_Request[T]] = queue.Queue()
+        # (0 urgent | 1 normal, arrival number, request): urgent first, else arrival order.
+        self._queue: queue.PriorityQueue[tuple[int, int, _Request[T]]] = queue.PriorityQueue()
+        self._arrivals = itertools.count()
         self._carry: _Request[T] | None = None  # taken from the queue but did not fit
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self.run, name="batcher", daemon=True)
@@ -62,14 +68,19 @@ class Batcher(Generic[T]):
         self._thread.start()
         return self
 
-    def submit(self, texts: Sequence[str], timeout: float | None = None) -> list[T]:
-        """Predict `texts` in a shared batch; block until answered (or raise its error)."""
+    def submit(
+        self, texts: Sequence[str], timeout: float | None = None, urgent: bool = False
+    ) -> list[T]:
+        """Predict `texts` in a shared batch; block until answered (or raise its error).
+
+        `urgent` puts the request ahead of all queued ones (not of the batch running).
+        """
         if self._stopping.is_set():
             raise BatcherStopped("the worker is shutting down")
         if not texts:
             return []
         request: _Request[T] = _Request(list(texts))
-        self._queue.put(request)
+        self._queue.put((0 if urgent else 1, next(self._arrivals), request))
         return request.future.result(timeout)
 
     def stop(self, timeout: float) -> None:
@@ -92,7 +103,7 @@ class Batcher(Generic[T]):
         self._carry = None
         if first is None:
             try:
-                first = self._queue.get(timeout=TICK_S)
+                first = self._queue.get(timeout=TICK_S)[-1]
             except queue.Empty:
                 return []
         batch, size = [first], len(first.texts)
@@ -104,9 +115,10 @@ class Batcher(Generic[T]):
         while size < self.max_batch_size:
             left = deadline - time.monotonic()
             try:
-                request = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
+                item = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
+            request = item[-1]
             if size + len(request.texts) > self.max_batch_size:
                 self._carry = request  # goes first in the next batch, keeping arrival order
                 break
@@ -142,6 +154,6 @@ class Batcher(Generic[T]):
         self._carry = None
         while True:
             try:
-                left.append(self._queue.get_nowait())
+                left.append(self._queue.get_nowait()[-1])
             except queue.Empty:
                 return left

@@ -68,12 +68,12 @@ class WorkerState:
             self.settings.get("primary.max_batch_wait_ms"),
         ).start()
 
-    def predict(self, texts: list[str]) -> list[Prediction]:
+    def predict(self, texts: list[str], urgent: bool = False) -> list[Prediction]:
         assert self.batcher is not None
         with self._lock:
             self._in_flight += 1
         try:
-            return self.batcher.submit(texts, PREDICT_TIMEOUT_S)
+            return self.batcher.submit(texts, PREDICT_TIMEOUT_S, urgent=urgent)
         finally:
             with self._lock:
                 self._in_flight -= 1
@@ -81,7 +81,8 @@ class WorkerState:
     def probe(self) -> tuple[bool, float, list[float]]:
         """Run the known-answer texts through the batcher: (passed, probe_ms, p_positive)."""
         start = time.perf_counter()
-        answers = self.predict([text for text, _ in PROBE])
+        # Urgent: the probe asks "is inference alive?", not "how long is the queue?".
+        answers = self.predict([text for text, _ in PROBE], urgent=True)
         probe_ms = round((time.perf_counter() - start) * 1000, 2)
         ps = [round(a.p_positive, 4) for a in answers]
         passed = all((p >= 0.5) == positive for p, (_, positive) in zip(ps, PROBE, strict=True))
