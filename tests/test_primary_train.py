@@ -23,7 +23,16 @@ from sentiguard.primary import vocab as vocab_mod
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = ROOT / "models" / "primary"
 TINY = train_mod.Recipe(
-    layers=1, hidden=32, heads=2, intermediate=64, epochs=1, max_length=64, threads=1
+    layers=1,
+    hidden=32,
+    heads=2,
+    intermediate=64,
+    epochs=1,
+    max_length=64,
+    threads=1,
+    distill_weight=0.0,
+    augment_crops=0,
+    average_last=1,
 )
 
 
@@ -51,7 +60,9 @@ def test_train_command_end_to_end_loads_through_modelscope_pipeline(
 
     monkeypatch.setattr(vocab_mod, "build_vocab", spy)
     out = tmp_path / "model"
-    recipe = train_mod.Recipe(**{**TINY.__dict__, "distill_weight": 0.5, "teacher_folds": 3})
+    recipe = train_mod.Recipe(
+        **{**TINY.__dict__, "distill_weight": 0.5, "teacher_folds": 3, "augment_crops": 1}
+    )
     code = train_mod.train_command(settings_mod.load(None, environ={}), str(data), str(out), recipe)
 
     assert code == 0
@@ -61,6 +72,7 @@ def test_train_command_end_to_end_loads_through_modelscope_pipeline(
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["weights"]["sha256"] == train_mod.sha256_file(out / "model.safetensors")
     assert manifest["data"]["train_texts"] == 300
+    assert manifest["recipe"]["augment_crops"] == 1
     assert manifest["recipe"]["distill_weight"] == 0.5
 
     from modelscope.pipelines import pipeline
@@ -84,8 +96,9 @@ def test_train_command_rejects_a_bad_data_file(tmp_path: Path) -> None:
 
 def test_vocab_is_built_from_train_texts_only() -> None:
     parts = split()
-    tokens = set(vocab_mod.build_vocab(parts.train.texts, min_count=1))
-    train_chars = {c for text in parts.train.texts for c in text.lower()}
+    train_texts = parts.train.texts[:4000]  # a slice keeps the test fast; same property
+    tokens = set(vocab_mod.build_vocab(train_texts, min_count=1))
+    train_chars = {c for text in train_texts for c in text.lower()}
     heldout_only = {c for t in parts.heldout.texts for c in t.lower()} - train_chars
     heldout_only = {c for c in heldout_only if not c.isspace()}
     assert heldout_only, "the split should have characters only the held-out part uses"
