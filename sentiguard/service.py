@@ -32,7 +32,9 @@ from sentiguard import control
 from sentiguard import supervisord as sv
 from sentiguard.errors import ExitCode, SentiguardError
 from sentiguard.logs import format_event
+from sentiguard.primary.model import reload_model_path
 from sentiguard.settings import Settings
+from sentiguard.watchdog.reload import lock_path as reload_lock_path
 
 PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 POLL_S = 0.5
@@ -302,6 +304,10 @@ def up(settings: Settings) -> int:
     run.mkdir(parents=True, exist_ok=True)
     logs.mkdir(parents=True, exist_ok=True)
     os.chmod(run, 0o700)
+    # A model chosen by `sentiguard reload` lasts until the next `up`, which serves the
+    # configured one again; a reload cut short by the last stop leaves nothing behind.
+    for leftover in (reload_model_path(settings), reload_lock_path(settings)):
+        leftover.unlink(missing_ok=True)
     control.new_secret(settings)
     _write_private(sv.conf_path(settings), sv.render_supervisord_conf(settings))
     _become_subreaper()

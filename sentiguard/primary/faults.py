@@ -27,6 +27,7 @@ T = TypeVar("T")
 CRASH_EXIT_CODE = 70  # EX_SOFTWARE from sysexits.h
 assert CRASH_EXIT_CODE != ExitCode.MODEL_LOAD_ERROR
 PAGE = 4096
+LEAK_STEP_MB = 16
 LIMITS = {"mb": 65536, "seconds": 3600, "ms": 60000}
 
 
@@ -94,8 +95,12 @@ class Faults:
         return {"kind": kind, key: value, "leaked_mb": self.leaked_mb}
 
     def _leak(self, mb: int) -> None:
-        block = bytearray(mb * 1024 * 1024)
-        # bytearray's zeroed memory may be untouched pages; write one byte a page so the
-        # kernel really backs them and RSS/USS grow by N MB.
-        block[::PAGE] = b"\x01" * len(range(0, len(block), PAGE))
-        self._leaked.append(block)
+        # In 16 MB blocks with a GIL release between them: one huge write would stall the
+        # worker's serving threads for seconds, a hang the leak fault is not meant to be.
+        for offset in range(0, mb, LEAK_STEP_MB):
+            block = bytearray(min(LEAK_STEP_MB, mb - offset) * 1024 * 1024)
+            # bytearray's zeroed memory may be untouched pages; write one byte a page so
+            # the kernel really backs them and RSS/USS grow by N MB.
+            block[::PAGE] = b"\x01" * len(range(0, len(block), PAGE))
+            self._leaked.append(block)
+            time.sleep(0)
