@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import socket
 import sys
 import xmlrpc.client
 from pathlib import Path
@@ -201,19 +200,6 @@ def render_supervisord_conf(settings: Settings) -> str:
     return "\n".join(lines)
 
 
-class _UnixConnection(UnixHTTPConnection):
-    def connect(self) -> None:
-        # Unlike the base class, close the socket when nothing listens instead of leaking it.
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.unix_path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
 class _UnixTransport(xmlrpc.client.Transport):
     def __init__(self, path: Path, timeout: float) -> None:
         super().__init__()
@@ -221,7 +207,7 @@ class _UnixTransport(xmlrpc.client.Transport):
         self.timeout = timeout
 
     def make_connection(self, host: Any) -> UnixHTTPConnection:
-        connection = _UnixConnection(self.path, self.timeout)
+        connection = UnixHTTPConnection(self.path, self.timeout)
         self._connection = (host, connection)  # what Transport.close() closes
         return connection
 

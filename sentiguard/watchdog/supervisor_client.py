@@ -14,13 +14,11 @@ from __future__ import annotations
 import xmlrpc.client
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
-from sentiguard.control import UnixHTTPConnection
 from sentiguard.errors import SentiguardError
 from sentiguard.settings import Settings
-from sentiguard.supervisord import socket_path
+from sentiguard.supervisord import rpc
 
 WORKER_GROUP = "primary"
 
@@ -87,21 +85,6 @@ class SupervisorUnavailable(SentiguardError):
     """supervisord did not answer on its unix socket, or refused a call."""
 
 
-class _UnixTransport(xmlrpc.client.Transport):
-    def __init__(self, path: Path, timeout: float) -> None:
-        super().__init__()
-        self.path = path
-        self.timeout = timeout
-
-    def make_connection(self, host: Any) -> UnixHTTPConnection:
-        # Kept where the base class keeps its connection, so close() closes the socket.
-        if self._connection and self._connection[0] == host:
-            return self._connection[1]  # type: ignore[return-value]
-        conn = UnixHTTPConnection(self.path, self.timeout)
-        self._connection = host, conn
-        return conn
-
-
 def namespec(name: str) -> str:
     return name if ":" in name else f"{WORKER_GROUP}:{name}"
 
@@ -121,8 +104,7 @@ class SupervisorClient:
     def _call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
         try:
             # One proxy per call, closed after it: thread-safe, and no socket left open.
-            transport = _UnixTransport(socket_path(self.settings), timeout or self.timeout)
-            with xmlrpc.client.ServerProxy("http://localhost/RPC2", transport=transport) as proxy:
+            with rpc(self.settings, timeout or self.timeout) as proxy:
                 return getattr(proxy.supervisor, method)(*args)
         except xmlrpc.client.Fault as e:
             if e.faultCode == _SHUTDOWN_STATE:  # `down` is under way: nothing to act on
