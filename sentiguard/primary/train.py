@@ -61,9 +61,9 @@ class Recipe:
     """Everything that decides the trained weights. Same recipe + same data = same model."""
 
     layers: int = 2
-    hidden: int = 128
-    heads: int = 2
-    intermediate: int = 512
+    hidden: int = 256
+    heads: int = 4
+    intermediate: int = 1024
     max_length: int = 128  # tokens incl. [CLS]/[SEP]; longer texts are truncated in training
     max_position_embeddings: int = 512  # lets a worker ask for a longer sequence_length
     dropout: float = 0.1  # hidden layers
