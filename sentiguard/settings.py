@@ -273,6 +273,16 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     S("primary", "torch_threads", int, 1, "torch intra-op threads per worker.", positive),
     S("primary", "server_threads", int, 32, "HTTP threads of each worker.", positive),
+    S(
+        "primary",
+        "nice",
+        int,
+        5,
+        "CPU niceness a worker gives itself at start (0-19). Inference is batch work; the "
+        "gateway's routing and fallback answers are the latency-critical path, so on "
+        "shared cores the workers yield to it.",
+        lambda v: None if 0 <= v <= 19 else "must be between 0 and 19",
+    ),
     # --- fallback: jieba + scikit-learn, in the gateway ------------------------------
     S(
         "fallback",
@@ -380,7 +390,7 @@ SETTINGS: tuple[Setting, ...] = (
         "service",
         "graceful_timeout_s",
         int,
-        10,
+        5,
         "How long `down` or Ctrl-C waits for processes to stop before killing them.",
         positive,
     ),

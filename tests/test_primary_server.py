@@ -8,9 +8,11 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 
+from sentiguard import settings
 from sentiguard.primary.batcher import Batcher, BatcherStopped
 from tests.primary_helpers import EMBEDDED_MODEL, Worker, start_worker, wait_ready, wait_until
 
@@ -153,6 +155,9 @@ def test_ready_names_the_serving_process_and_model(worker: Worker) -> None:
     body = requests.get(worker.url + "/ready", timeout=5).json()
     assert body["ready"] is True
     assert body["pid"] == worker.proc.pid  # the process started is the one serving
+    # It yields the CPU to the gateway by primary.nice, relative to whoever started it.
+    nice = settings.BY_NAME["primary.nice"].default
+    assert psutil.Process(worker.proc.pid).nice() == min(psutil.Process().nice() + nice, 19)
     assert body["model_version"].startswith(f"{EMBEDDED_MODEL}@")
     ready = worker.event("worker_ready")
     assert ready["import_s"] > 0 and ready["load_s"] > 0 and ready["rss_mb"] > 0

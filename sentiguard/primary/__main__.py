@@ -59,6 +59,9 @@ class WorkerProcess:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        # Yield the CPU to the gateway (see primary.nice): under overload it must keep
+        # routing and answering from the fallback while the workers saturate the cores.
+        os.nice(self.settings.get("primary.nice"))
         server = self._serve()
         if server is None:
             return ExitCode.ERROR
