@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 from collections.abc import Callable, Sequence
@@ -10,21 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from sentiguard.doctor.report import Result, fail, ok, warn
-from sentiguard.primary.model import resolve_source, with_reload_override
+from sentiguard.primary.model import resolve_source, sha256_file, with_reload_override
 from sentiguard.settings import ROOT, Settings
 
 # --- model files ------------------------------------------------------------------------
 
 # Files a ModelScope local directory needs besides the weights the manifest names.
 PRIMARY_FILES = ("configuration.json", "config.json", "vocab.txt")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def manifest_files(manifest: dict[str, Any]) -> dict[str, str]:

@@ -134,13 +134,24 @@ def positive_index(id2label: dict[Any, Any]) -> int:
     )
 
 
+def _hash_into(digest: Any, path: Path) -> None:
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of one file, read in blocks (what manifests record)."""
+    digest = hashlib.sha256()
+    _hash_into(digest, path)
+    return digest.hexdigest()
+
+
 def weights_sha256(directory: Path) -> str:
     """sha256 over every weight file of the directory, in name order."""
     digest = hashlib.sha256()
     for path in sorted(p for p in directory.iterdir() if p.suffix in WEIGHT_SUFFIXES):
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+        _hash_into(digest, path)
     return digest.hexdigest()
 
 

@@ -25,7 +25,6 @@ vocab.txt, tokenizer_config.json, model.safetensors, manifest.json.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -41,6 +40,7 @@ from sentiguard.data import Dataset, read_file, split
 from sentiguard.errors import DataError, ExitCode
 from sentiguard.logs import log_event
 from sentiguard.primary import vocab as vocab_mod
+from sentiguard.primary.model import sha256_file
 
 if TYPE_CHECKING:
     import numpy as np
@@ -378,14 +378,6 @@ def fit(
 
 
 # --- output --------------------------------------------------------------------------
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def configuration(recipe: Recipe) -> dict[str, Any]:
