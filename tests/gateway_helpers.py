@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ from flask import Flask
 from sentiguard import settings as settings_mod
 from sentiguard.gateway.app import Gateway, create_app, gateway_of
 from sentiguard.logs import EventLog
+from tests.harness import free_port_block
 
 
 def p_for(text: str) -> float:
@@ -155,27 +155,6 @@ class FakeWorker:
         self.refuse()
 
 
-def free_ports(n: int) -> int:
-    """A base port with `n` consecutive free loopback ports (the workers' layout)."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n > 65535:
-            continue
-        ok = True
-        for port in range(base, base + n):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no run of free loopback ports found")
-
-
 def make_settings(**overrides: Any) -> settings_mod.Settings:
     """Built-in defaults plus `overrides` ({"gateway.deadline_ms": 500}); no env, no file."""
     return settings_mod.load(None, environ={}, overrides=overrides)
@@ -199,7 +178,7 @@ def gateway_with_workers(
     n_workers: int = 2, **overrides: Any
 ) -> Iterator[tuple[Flask, Gateway, list[FakeWorker], FakeFallback, ListLog]]:
     """An app routing to `n_workers` fake workers, polled ready once; cleaned up after."""
-    base = free_ports(n_workers)
+    base = free_port_block(n_workers)
     workers = [FakeWorker(base + i, pid=1000 + i) for i in range(n_workers)]
     settings = make_settings(
         **{"primary.base_port": base, "primary.workers": n_workers, **overrides}

@@ -21,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -55,7 +55,10 @@ def free_port_block(count: int) -> int:
 
 
 def wait_until(
-    check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.1
+    check: Callable[[], T | None],
+    timeout: float = 20.0,
+    what: str = "the condition",
+    interval: float = 0.1,
 ) -> T:
     """Poll `check` until it returns something truthy; AssertionError naming `what` on timeout."""
     end = time.monotonic() + timeout
@@ -314,3 +317,47 @@ def start_service(
             handle.stop()
             raise
     return handle
+
+
+@contextlib.contextmanager
+def run_gateway(root: Path, **overrides: Any) -> Iterator[str]:
+    """The real gateway on a free port, no primary worker ready; yields its base URL."""
+    port = free_port()
+    env = service_env(
+        {
+            "gateway.host": "127.0.0.1",
+            "gateway.port": port,
+            "primary.workers": 1,
+            "primary.base_port": free_port(),  # bound and released: nothing listens there
+            "service.run_dir": str(root / "run"),
+            "service.log_dir": str(root / "logs"),
+            **overrides,
+        }
+    )
+    out = (root / "gateway.out").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sentiguard.gateway"],
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            log = (root / "gateway.out").read_text(errors="replace")[-3000:]
+            raise AssertionError(f"the gateway exited with {proc.returncode}:\n{log}")
+        return http_request(port, "GET", "/ready", timeout=2).status == 200
+
+    try:
+        wait_until(ready, 90, "the gateway's /ready")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+        out.close()

@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,16 +21,11 @@ from typing import Any
 import requests
 
 from sentiguard.settings import ROOT
+from tests.harness import free_port
 
 EMBEDDED_MODEL = ROOT / "models" / "primary"
 # Worker start is mostly imports: ~10 s of CPU, more while a training job shares the cores.
 START_TIMEOUT_S = 120.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -118,14 +112,3 @@ def wait_ready(worker: Worker, timeout: float = START_TIMEOUT_S) -> dict[str, An
             pass
         time.sleep(0.2)
     raise AssertionError(f"worker not ready in {timeout} s:\n{worker.log_path.read_text()}")
-
-
-def wait_until(check: Any, timeout: float, what: str) -> Any:
-    """Call `check()` until it returns something truthy, or fail after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

@@ -27,8 +27,7 @@ from sentiguard import settings as settings_mod
 from sentiguard.cli import main
 from sentiguard.errors import DataError, ExitCode, SentiguardError
 from sentiguard.labels import label_fields
-from tests.harness import ServiceHandle, free_port, service_env
-from tests.test_ui_browser import run_gateway
+from tests.harness import ServiceHandle, free_port, run_gateway, service_env
 
 
 def write(path: Path, text: str) -> Path:

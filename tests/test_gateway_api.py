@@ -28,7 +28,7 @@ from sentiguard.settings import ROOT
 from tests.gateway_helpers import (
     FakeFallback,
     FakeWorker,
-    free_ports,
+    free_port_block,
     gateway_with_workers,
     make_settings,
     wait_for,
@@ -339,7 +339,7 @@ def call(port: int, method: str, path: str, body: Any = None, timeout: float = 1
 
 class GatewayProcess:
     def __init__(self, tmp_path: Path, **overrides: Any) -> None:
-        self.port = free_ports(1)
+        self.port = free_port_block(1)
         self.overrides = {
             "gateway.port": self.port,
             "service.run_dir": str(tmp_path / "run"),
@@ -380,7 +380,7 @@ class GatewayProcess:
 
 @pytest.fixture
 def fake_primary() -> Iterator[FakeWorker]:
-    worker = FakeWorker(free_ports(1), pid=os.getpid())
+    worker = FakeWorker(free_port_block(1), pid=os.getpid())
     yield worker
     worker.close()
 
@@ -451,7 +451,7 @@ def _primary_model_ready() -> bool:
 def test_real_primary_worker_through_real_gateway(tmp_path: Path) -> None:
     if not _primary_model_ready():
         pytest.fail("models/primary is missing: run `sentiguard train primary` (make install)")
-    base = free_ports(1)
+    base = free_port_block(1)
     settings = {"primary.base_port": base, "primary.workers": 1, "gateway.threads": 8}
     worker = subprocess.Popen(
         [sys.executable, "-m", "sentiguard.primary", "--index", "0"],

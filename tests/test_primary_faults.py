@@ -21,7 +21,8 @@ import requests
 
 from sentiguard.errors import ExitCode
 from sentiguard.primary.faults import CRASH_EXIT_CODE
-from tests.primary_helpers import EMBEDDED_MODEL, Worker, start_worker, wait_ready, wait_until
+from tests.harness import wait_until
+from tests.primary_helpers import EMBEDDED_MODEL, Worker, start_worker, wait_ready
 
 pytestmark = [
     pytest.mark.integration,

@@ -14,7 +14,8 @@ import requests
 
 from sentiguard import settings
 from sentiguard.primary.batcher import Batcher, BatcherStopped
-from tests.primary_helpers import EMBEDDED_MODEL, Worker, start_worker, wait_ready, wait_until
+from tests.harness import wait_until
+from tests.primary_helpers import EMBEDDED_MODEL, Worker, start_worker, wait_ready
 
 # --- the batcher, with a fake model ---------------------------------------------------
 

@@ -12,12 +12,8 @@ the tree clean).
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,7 +29,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.wait import WebDriverWait
 
-from tests.harness import ServiceHandle, free_port, http_request, service_env, wait_until
+from tests.harness import ServiceHandle, run_gateway, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
@@ -41,50 +37,6 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 BATCH_ROWS = 10_000
 INJECTION = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>坏'
-
-
-@contextlib.contextmanager
-def run_gateway(root: Path, **overrides: Any) -> Iterator[str]:
-    """The real gateway on a free port, no primary worker ready; yields its base URL."""
-    port = free_port()
-    env = service_env(
-        {
-            "gateway.host": "127.0.0.1",
-            "gateway.port": port,
-            "primary.workers": 1,
-            "primary.base_port": free_port(),  # bound and released: nothing listens there
-            "service.run_dir": str(root / "run"),
-            "service.log_dir": str(root / "logs"),
-            **overrides,
-        }
-    )
-    out = (root / "gateway.out").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sentiguard.gateway"],
-        env=env,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            log = (root / "gateway.out").read_text(errors="replace")[-3000:]
-            raise AssertionError(f"the gateway exited with {proc.returncode}:\n{log}")
-        return http_request(port, "GET", "/ready", timeout=2).status == 200
-
-    try:
-        wait_until(ready, 90, "the gateway's /ready")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-        out.close()
 
 
 @pytest.fixture(scope="module")

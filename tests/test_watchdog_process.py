@@ -23,9 +23,9 @@ from sentiguard.watchdog.main import Watchdog
 from sentiguard.watchdog.policy import Phase
 from sentiguard.watchdog.probe import probe_ready
 from sentiguard.watchdog.supervisor_client import SupervisorClient
+from tests.harness import free_port_block
 from tests.watchdog_helpers import (
     events,
-    free_port_pair,
     make_settings,
     running_supervisord,
     wait_until,
@@ -39,7 +39,7 @@ pytestmark = pytest.mark.integration
 def settings(tmp_path: Path) -> Settings:
     return make_settings(
         tmp_path,
-        primary__base_port=free_port_pair(),
+        primary__base_port=free_port_block(2),
         watchdog__interval_s=0.2,
         watchdog__probe_timeout_ms=300,
         watchdog__probe_budget_ms=250,

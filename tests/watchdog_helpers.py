@@ -12,12 +12,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,37 +31,9 @@ from sentiguard.settings import Settings  # noqa: E402
 from sentiguard.watchdog.memory import MemorySample  # noqa: E402
 from sentiguard.watchdog.probe import ProbeResult, Readiness  # noqa: E402
 from sentiguard.watchdog.supervisor_client import ProcessInfo, ProcessState  # noqa: E402
+from tests.harness import wait_until  # noqa: E402
 
 HELPERS = Path(__file__).resolve()
-
-
-def wait_until(condition: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
-    """Poll `condition` until it is truthy; fail the test at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {condition}")
-        time.sleep(interval)
-
-
-def free_port_pair() -> int:
-    """A port p such that p and p + 1 are free on loopback (for two workers)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port >= 65535:
-            continue
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", port + 1))
-        except OSError:
-            continue
-        return int(port)
-    raise RuntimeError("no two consecutive free ports")
 
 
 def make_settings(tmp: Path, **overrides: Any) -> Settings:
