@@ -307,6 +307,10 @@ def test_down_stops_everything(tmp_path: Path) -> None:
         assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
         assert not sv.socket_path(svc.settings).exists()
         assert svc.cli("status").returncode != 0
+        # Each process drained and exited by itself, none had to be killed: the gateway
+        # used to wait on a /ready poll to a stopping worker until supervisord's SIGKILL.
+        supervisord_log = (tmp_path / "logs" / "supervisord.log").read_text()
+        assert "SIGKILL" not in supervisord_log, supervisord_log[-2000:]
     finally:
         svc.stop()
 

@@ -1,7 +1,6 @@
 """`python -m sentiguard.gateway`: run the gateway process (see `server.py`)."""
 
-import sys
-
 from sentiguard.gateway.server import main
+from sentiguard.logs import exit_now
 
-sys.exit(main())
+exit_now(main())

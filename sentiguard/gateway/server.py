@@ -112,7 +112,9 @@ class GatewayServer:
             in_flight_left=left,
             reason="graceful" if left == 0 else f"graceful timeout {timeout:g} s passed",
         )
-        self.gateway.close()
+        # No gateway.close(): the process ends right after (exit_now), and its poller
+        # threads are daemons. Joining them would wait out a /ready poll to a worker that
+        # is stopping at the same time, past supervisord's stopwaitsecs, into a SIGKILL.
         control.socket_path(self.settings).unlink(missing_ok=True)
         return ExitCode.OK
 

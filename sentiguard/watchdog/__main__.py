@@ -12,6 +12,7 @@ from types import FrameType
 
 from sentiguard import settings as settings_mod
 from sentiguard.errors import ExitCode, SettingsError
+from sentiguard.logs import exit_now
 from sentiguard.watchdog.main import Watchdog
 
 
@@ -32,4 +33,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())
