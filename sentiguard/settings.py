@@ -272,7 +272,16 @@ SETTINGS: tuple[Setting, ...] = (
         "How long the batcher waits for more requests before running a batch.",
         non_negative,
     ),
-    S("primary", "torch_threads", int, 1, "torch intra-op threads per worker.", positive),
+    S(
+        "primary",
+        "torch_threads",
+        int,
+        0,
+        "torch intra-op threads per worker; 0: the worker's share of the CPUs this "
+        "process may run on (CPUs // primary.workers, at least 1). Set it under a "
+        "container CPU quota, which the CPU count does not show.",
+        non_negative,
+    ),
     S("primary", "server_threads", int, 32, "HTTP threads of each worker.", positive),
     S(
         "primary",
@@ -391,7 +400,7 @@ SETTINGS: tuple[Setting, ...] = (
         "service",
         "graceful_timeout_s",
         int,
-        5,
+        10,
         "How long `down` or Ctrl-C waits for processes to stop before killing them.",
         positive,
     ),

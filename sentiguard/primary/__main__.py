@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -25,7 +24,7 @@ from typing import Any
 
 from sentiguard import settings as settings_mod
 from sentiguard.errors import ExitCode, ModelLoadError, SettingsError
-from sentiguard.logs import log_event
+from sentiguard.logs import exit_now, log_event
 from sentiguard.primary.model import with_reload_override
 from sentiguard.primary.server import WorkerState, create_app, memory_mb
 
@@ -115,7 +114,11 @@ class WorkerProcess:
             return self._load_failed(e)
         t2 = time.perf_counter()
         self._log(
-            "model_loaded", model_version=model.version, load_s=round(t2 - t1, 2), **memory_mb()
+            "model_loaded",
+            model_version=model.version,
+            load_s=round(t2 - t1, 2),
+            torch_threads=model_mod.torch_threads(self.settings),
+            **memory_mb(),
         )
         self.state.attach(model)
         passed, probe_ms, ps = self.state.probe()
@@ -204,10 +207,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    # Everything is drained and logged by now. Interpreter teardown with torch,
-    # transformers and ModelScope loaded takes seconds of CPU (7 s measured on a busy
-    # 2-core host) and would make supervisord's stop wait for nothing: exit at once.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    exit_now(main())
