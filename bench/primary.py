@@ -217,9 +217,10 @@ def bench(seconds: float, levels: list[int], rounds: int) -> None:
     ):
         port = free_port()
         argv = [*argv, str(port)] if name == "per-request" else argv
-        servers[name] = Server(
-            name, argv, port, env | extra | {"SENTIGUARD_PRIMARY_BASE_PORT": str(port)}
-        )
+        # Each server runs alone on the machine, as a single worker, so its torch pool
+        # (primary.torch_threads = 0) takes every core: same cores for all three.
+        alone = {"SENTIGUARD_PRIMARY_BASE_PORT": str(port), "SENTIGUARD_PRIMARY_WORKERS": "1"}
+        servers[name] = Server(name, argv, port, env | extra | alone)
     try:
         for server in servers.values():
             server.wait_ready()
@@ -228,7 +229,7 @@ def bench(seconds: float, levels: list[int], rounds: int) -> None:
             f"{settings.get('primary.sequence_length')}  max_batch_size "
             f"{settings.get('primary.max_batch_size')}  max_batch_wait_ms "
             f"{settings.get('primary.max_batch_wait_ms')}  torch_threads "
-            f"{settings.get('primary.torch_threads')}  server_threads "
+            f"{servers['batched'].events()['model_loaded']['torch_threads']}  server_threads "
             f"{settings.get('primary.server_threads')}  cores {os.cpu_count()}\n"
             f"{seconds:g} s per level and server, in {rounds} alternating slices; "
             f"one held-out review per request"

@@ -320,13 +320,21 @@ def _quiet_libraries() -> None:
     )
 
 
+def torch_threads(settings: Settings) -> int:
+    """primary.torch_threads, or (0) this worker's share of the CPUs it may run on."""
+    threads: int = settings.get("primary.torch_threads")
+    if threads:
+        return threads
+    return max(1, len(os.sched_getaffinity(0)) // settings.get("primary.workers"))
+
+
 def load_model(settings: Settings) -> PrimaryModel:
     """Load the configured primary model; raise ModelLoadError naming cause and fix."""
     source = preflight(settings)
     import_backend(settings.get("primary.backend"))
     import torch
 
-    torch.set_num_threads(settings.get("primary.torch_threads"))
+    torch.set_num_threads(torch_threads(settings))
     directory = _fetch(source) if source.hub_id else source.local_dir
     assert directory is not None
     if source.hub_id:
