@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 import requests
 
-from sentiguard.data import TEXT_COLUMNS
+from sentiguard.data import TEXT_COLUMNS, read_table, read_text
 from sentiguard.errors import DataError, ExitCode, SentiguardError
 from sentiguard.labels import label_fields
 from sentiguard.settings import Settings
@@ -66,45 +66,25 @@ def read_reviews(path: str | Path) -> list[str]:
             f"{path}: unknown format {suffix or '(no extension)'!r}. Hint: use a .csv with a "
             f"text or review column, or a .txt with one review per line."
         )
-    try:
-        content = path.read_bytes().decode("utf-8-sig")
-    except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror}. Hint: check the path.") from e
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8. Hint: save the file as UTF-8.") from e
+    content = read_text(path)
     if suffix == ".txt":
         # Only CR/LF end a line (str.splitlines would also split on \x0c, \x85, U+2028...),
         # so the CLI and the web UI see the same rows.
         lines = content.replace("\r\n", "\n").replace("\r", "\n").split("\n")
         texts = [line for line in lines if line.strip()]
     else:
-        texts = _read_table(path, content, "\t" if suffix != ".csv" else ",")
+        header, rows = read_table(path, content)
+        column = next((c for c in TEXT_COLUMNS if c in header), None)
+        if column is None:
+            raise DataError(
+                f"{path}:1: header {header!r} has no {' / '.join(TEXT_COLUMNS)} column. Hint: "
+                f"name the column of reviews 'text', or save one review per line as .txt."
+            )
+        at = header.index(column)
+        # A record whose text cell is empty or missing keeps its place as "".
+        texts = [row[at] if at < len(row) else "" for _, row in rows]
     if not texts:
         raise DataError(f"{path}: no reviews in the file. Hint: add at least one row.")
-    return texts
-
-
-def _read_table(path: Path, content: str, delimiter: str) -> list[str]:
-    first = content.split("\n", 1)[0]
-    if delimiter == "," and "\t" in first and "," not in first:
-        delimiter = "\t"  # a TSV saved as .csv
-    reader = csv.reader(io.StringIO(content, newline=""), delimiter=delimiter)
-    header = [h.strip().lower() for h in next(reader, [])]
-    column = next((c for c in TEXT_COLUMNS if c in header), None)
-    if column is None:
-        raise DataError(
-            f"{path}:1: header {header!r} has no {' / '.join(TEXT_COLUMNS)} column. Hint: "
-            f"name the column of reviews 'text', or save one review per line as .txt."
-        )
-    at = header.index(column)
-    texts: list[str] = []
-    try:
-        for row in reader:
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            texts.append(row[at] if at < len(row) else "")
-    except csv.Error as e:
-        raise DataError(f"{path}:{reader.line_num}: {e}. Hint: check the quoting.") from e
     return texts
 
 

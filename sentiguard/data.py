@@ -14,6 +14,7 @@ import hashlib
 import importlib.util
 import io
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -87,31 +88,58 @@ def split(seed: int = SPLIT_SEED) -> Split:
     )
 
 
+def read_text(path: Path) -> str:
+    """The file decoded as UTF-8 (a BOM is dropped); DataError names a bad byte's line."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror}. Hint: check the path.") from e
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8. Hint: save the file as UTF-8.") from e
+
+
+def read_table(path: Path, content: str) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+    """The header (cells stripped, lower-case) and the rows that are not blank, each with
+    the line it ends on, of a CSV or TSV.
+
+    Tab-separated for .tsv/.tab, or when the first line has tabs and no commas (a TSV
+    saved as .csv). Quoting is strict: an unclosed quote is an error naming its line, not
+    a text that swallows every later row. An empty file has the header [].
+    """
+    first = content.split("\n", 1)[0]
+    tabbed = path.suffix.lower() in (".tsv", ".tab") or ("\t" in first and "," not in first)
+    delimiter = "\t" if tabbed else ","
+    reader = csv.reader(io.StringIO(content, newline=""), delimiter=delimiter, strict=True)
+    header = [h.strip().lower() for h in next(reader, [])]
+
+    def rows() -> Iterator[tuple[int, list[str]]]:
+        line = reader.line_num  # last line of the previous row: a csv.Error is in the next
+        try:
+            for row in reader:
+                line = reader.line_num
+                if row and any(cell.strip() for cell in row):
+                    yield line, row
+        except csv.Error as e:
+            raise DataError(
+                f"{path}:{line + 1}: {e} in the row starting on this line. Hint: check its "
+                f"quoting (a quote opened and never closed reads to the end)."
+            ) from e
+
+    return header, rows()
+
+
 def read_file(path: str | Path) -> Dataset:
     """Read a CSV or TSV with a header holding `label` (1/0) and review/text/sentence.
 
     Raises DataError naming the file and line of the first problem.
     """
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror}. Hint: check the path.") from e
-    try:
-        content = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not valid UTF-8. Hint: save the file as UTF-8.") from e
-    first = content.split("\n", 1)[0]
-    delimiter = "\t" if "\t" in first or path.suffix.lower() in (".tsv", ".tab") else ","
-    # strict: an unclosed quote is an error, not a text that swallows every later row.
-    reader = csv.reader(io.StringIO(content, newline=""), delimiter=delimiter, strict=True)
-    try:
-        header = [h.strip().lower() for h in next(reader)]
-    except StopIteration:
-        raise DataError(
-            f"{path}: the file is empty. Hint: add a header line like 'label,text'."
-        ) from None
+    header, rows = read_table(path, read_text(path))
+    if not header:
+        raise DataError(f"{path}: the file is empty. Hint: add a header line like 'label,text'.")
     text_col = next((c for c in TEXT_COLUMNS if c in header), None)
     if "label" not in header or text_col is None:
         raise DataError(
@@ -121,32 +149,20 @@ def read_file(path: str | Path) -> Dataset:
     label_at, text_at = header.index("label"), header.index(text_col)
     texts: list[str] = []
     labels: list[int] = []
-    line = reader.line_num  # last line of the previous row: a csv.Error is in the next one
-    try:
-        for row in reader:
-            line = reader.line_num
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            if len(row) != len(header):
-                raise DataError(
-                    f"{path}:{line}: {len(row)} fields where the header has {len(header)}. "
-                    f"Hint: quote texts that contain the delimiter {delimiter!r}."
-                )
-            label = row[label_at].strip()
-            if label not in ("0", "1"):
-                raise DataError(
-                    f"{path}:{line}: label {label!r} is not 1 (positive) or 0 (negative)."
-                )
-            text = row[text_at].strip()
-            if not text:
-                raise DataError(f"{path}:{line}: the text is empty. Hint: drop that line.")
-            texts.append(text)
-            labels.append(int(label))
-    except csv.Error as e:
-        raise DataError(
-            f"{path}:{line + 1}: {e} in the row starting on this line. "
-            f"Hint: check its quoting (a quote opened and never closed reads to the end)."
-        ) from e
+    for line, row in rows:
+        if len(row) != len(header):
+            raise DataError(
+                f"{path}:{line}: {len(row)} fields where the header has {len(header)}. "
+                f"Hint: quote texts that contain the delimiter."
+            )
+        label = row[label_at].strip()
+        if label not in ("0", "1"):
+            raise DataError(f"{path}:{line}: label {label!r} is not 1 (positive) or 0 (negative).")
+        text = row[text_at].strip()
+        if not text:
+            raise DataError(f"{path}:{line}: the text is empty. Hint: drop that line.")
+        texts.append(text)
+        labels.append(int(label))
     if not texts:
         raise DataError(f"{path}: no labelled rows after the header.")
     return Dataset(texts, labels, str(path))

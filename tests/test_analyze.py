@@ -66,6 +66,8 @@ def test_txt_is_one_review_per_line(tmp_path: Path) -> None:
         ("r.csv", "id,comment\n1,好\n", "no review / text / sentence column"),
         ("r.txt", "\n  \n", "no reviews in the file"),
         ("r.csv", "", "no review / text / sentence column"),
+        # an unclosed quote would swallow every later row into one text: refused instead
+        ("r.csv", 'text\n好\n"未闭合\n差\n', "r.csv:3: unexpected end of data"),
     ],
 )
 def test_unusable_files_name_the_problem_and_the_fix(
