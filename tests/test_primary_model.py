@@ -111,6 +111,24 @@ def test_positive_index_without_a_positive_class_is_corrupt() -> None:
     assert e.value.cause == "corrupt"
 
 
+@pytest.mark.parametrize(
+    ("setting", "workers", "cpus", "threads"),
+    [
+        (0, 2, {0, 1}, 1),
+        (0, 1, {0, 1}, 2),
+        (0, 4, {0, 1}, 1),
+        (0, 2, set(range(8)), 4),
+        (3, 2, {0, 1}, 3),
+    ],
+)
+def test_torch_threads_are_the_workers_share_of_its_cpus_unless_set(
+    monkeypatch: pytest.MonkeyPatch, setting: int, workers: int, cpus: set[int], threads: int
+) -> None:
+    monkeypatch.setattr(model_mod.os, "sched_getaffinity", lambda pid: cpus)
+    settings = make_settings(**{"primary.torch_threads": setting, "primary.workers": workers})
+    assert model_mod.torch_threads(settings) == threads
+
+
 def test_relative_existing_directory_is_local_and_absolute(tmp_path: Path) -> None:
     source = resolve_source(make_settings(**{"primary.model": "sentiguard"}))
     assert source.hub_id is None
