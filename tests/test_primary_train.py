@@ -17,6 +17,7 @@ import pytest
 
 from sentiguard import settings as settings_mod
 from sentiguard.data import split
+from sentiguard.fallback.tokenizer import segment
 from sentiguard.primary import train as train_mod
 from sentiguard.primary import vocab as vocab_mod
 
@@ -32,6 +33,7 @@ TINY = train_mod.Recipe(
     threads=1,
     distill_weight=0.0,
     augment_crops=0,
+    pretrain_epochs=0,
     average_last=1,
 )
 
@@ -61,7 +63,14 @@ def test_train_command_end_to_end_loads_through_modelscope_pipeline(
     monkeypatch.setattr(vocab_mod, "build_vocab", spy)
     out = tmp_path / "model"
     recipe = train_mod.Recipe(
-        **{**TINY.__dict__, "distill_weight": 0.5, "teacher_folds": 3, "augment_crops": 1}
+        **{
+            **TINY.__dict__,
+            "distill_weight": 0.5,
+            "teacher_folds": 3,
+            "augment_crops": 1,
+            "pretrain_epochs": 1,
+            "limit": 300,  # the 300 texts of the file; and 300 pretraining chunks
+        }
     )
     code = train_mod.train_command(settings_mod.load(None, environ={}), str(data), str(out), recipe)
 
@@ -74,6 +83,8 @@ def test_train_command_end_to_end_loads_through_modelscope_pipeline(
     assert manifest["data"]["train_texts"] == 300
     assert manifest["recipe"]["augment_crops"] == 1
     assert manifest["recipe"]["distill_weight"] == 0.5
+    assert manifest["recipe"]["pretrain_epochs"] == 1
+    assert 0 <= manifest["metrics"]["pretrain_masked_accuracy"] <= 1
 
     from modelscope.pipelines import pipeline
     from modelscope.utils.constant import Tasks
@@ -148,3 +159,26 @@ def test_committed_model_manifest_matches_its_weights() -> None:
     assert config["adv_grad_factor"] is None
     total = sum(p.stat().st_size for p in COMMITTED.iterdir())
     assert total < 20 * 1024 * 1024
+
+
+def test_crops_keep_a_run_of_at_least_half_the_clauses() -> None:
+    text = "房间很大，早餐不错，服务一般，位置偏远。"
+    crops = train_mod.make_crops([text, "只有一句"], 20, seed=1)
+    assert crops and {i for i, _ in crops} == {0}  # one clause: nothing to crop
+    for _, crop in crops:
+        assert crop in text and crop != text and crop.count("，") + crop.count("。") >= 2
+
+
+def test_word_drops_leave_out_whole_words_and_keep_the_rest_in_order() -> None:
+    text = "这家 hotel 的早餐非常好吃，服务也很周到"
+    words = [w for w in segment(text) if not w.isspace()]
+    drops = train_mod.make_word_drops([text, "好吃"], 30, 0.2, seed=1)
+    assert len(drops) == 30 and {i for i, _ in drops} == {0}  # under 3 words: skipped
+    for _, copy in drops:
+        kept = [w for w in segment(copy) if not w.isspace()]
+        assert 0 < len(copy) < len(text)
+        it = iter(text)
+        assert all(c in it for c in copy)  # a subsequence of the source: nothing added
+        assert len(kept) < len(words)
+    assert len({c for _, c in drops}) > 20  # copies differ
+    assert drops == train_mod.make_word_drops([text, "好吃"], 30, 0.2, seed=1)  # seeded

@@ -64,6 +64,12 @@ def tokenize(text: str) -> list[str]:
     return [w for w in _rjieba_cut(text) if not w.isspace()]
 
 
+def segment(text: str) -> list[str]:
+    """The words of `text` as written (not normalised), whitespace runs included: they
+    join back into `text`. For the primary's training, which reads raw characters."""
+    return _rjieba_cut(text)
+
+
 def jieba_tokenize(text: str) -> list[str]:
     """The same contract as `tokenize`, with python jieba (the benchmark's comparison)."""
     import jieba

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from sentiguard.data import Dataset, read_file, split
 from sentiguard.errors import DataError, ExitCode
 from sentiguard.logs import log_event
+from sentiguard.primary import pretrain as pretrain_mod
 from sentiguard.primary import vocab as vocab_mod
 from sentiguard.primary.model import sha256_file
 
@@ -85,6 +86,16 @@ class Recipe:
     # random run of at least half its clauses), labelled by the fold model that never saw
     # the text. More inputs carry more of the teacher's function into the student.
     augment_crops: int = 1
+    # More teacher-labelled inputs: per training text of 3+ words, this many copies that
+    # leave out each word with probability `drop_rate`. The teacher's probability for a
+    # copy says how much the missing words mattered, which the hard label cannot.
+    augment_drops: int = 0
+    drop_rate: float = 0.15
+    # Masked-LM pretraining before fine-tuning (sentiguard.primary.pretrain): epochs over
+    # People's Daily + the training reviews, whole-word masked at `mask_rate`.
+    pretrain_epochs: int = 0
+    pretrain_lr: float = 1e-3
+    mask_rate: float = 0.15
     average_last: int = 2  # average the weights at the end of the last N epochs
     # One thread: on this shared 2-core machine two threads ran ~7x slower per step than
     # one (OpenMP workers spin while other processes hold the cores).
@@ -168,6 +179,27 @@ def make_crops(texts: Sequence[str], copies: int, seed: int) -> list[tuple[int, 
             start = rng.randint(0, len(clauses) - size)
             crops.append((index, "".join(clauses[start : start + size]).strip()))
     return crops
+
+
+def make_word_drops(
+    texts: Sequence[str], copies: int, rate: float, seed: int
+) -> list[tuple[int, str]]:
+    """(source index, copy) pairs: each copy leaves out each word with probability
+    `rate`, and at least one word; whitespace stays."""
+    from sentiguard.fallback.tokenizer import segment
+
+    rng = random.Random(seed)
+    drops: list[tuple[int, str]] = []
+    for index, text in enumerate(texts):
+        pieces = segment(text)
+        words = [i for i, w in enumerate(pieces) if not w.isspace()]
+        if len(words) < 3:
+            continue
+        for _ in range(copies):
+            gone = {i for i in words if rng.random() < rate} or {rng.choice(words)}
+            if len(gone) < len(words):
+                drops.append((index, "".join(w for i, w in enumerate(pieces) if i not in gone)))
+    return drops
 
 
 # --- the teacher ---------------------------------------------------------------------
@@ -493,7 +525,12 @@ def train(
     if recipe.distill_weight > 0:
         t0 = time.monotonic()
         crops = make_crops(train_set.texts, recipe.augment_crops, recipe.seed)
-        soft_arr, crop_arr, teacher_acc = teacher_probabilities(train_set, heldout, recipe, crops)
+        drops = make_word_drops(
+            train_set.texts, recipe.augment_drops, recipe.drop_rate, recipe.seed
+        )
+        soft_arr, crop_arr, teacher_acc = teacher_probabilities(
+            train_set, heldout, recipe, crops + drops
+        )
         soft = soft_arr.tolist()
         log_event(
             "primary_teacher",
@@ -501,10 +538,11 @@ def train(
             oof_accuracy=round(accuracy(soft, train_set.labels), 4),
             heldout_accuracy=teacher_acc,
             crops=len(crops),
+            word_drops=len(drops),
         )
-        # A crop keeps its source's hard label and gets its own soft label.
-        ids += encode(tokenizer, [c for _, c in crops], recipe.max_length)
-        labels += [train_set.labels[i] for i, _ in crops]
+        # A crop or a copy keeps its source's hard label and gets its own soft label.
+        ids += encode(tokenizer, [c for _, c in crops + drops], recipe.max_length)
+        labels += [train_set.labels[i] for i, _ in crops + drops]
         soft += crop_arr.tolist()
     heldout_ids = encode(tokenizer, heldout.texts, recipe.max_length) if heldout else None
 
@@ -515,6 +553,15 @@ def train(
             log_event("primary_epoch", epoch=epoch + 1, heldout_accuracy=round(acc, 4))
 
     model = build_model(recipe, len(vocab_tokens))
+    pretrained: dict[str, Any] = {}
+    if recipe.pretrain_epochs > 0:
+        t0 = time.monotonic()
+        history = pretrain_mod.pretrain(model, tokenizer, train_set.texts, recipe)
+        pretrained = {
+            "pretrain_seconds": round(time.monotonic() - t0, 1),
+            "pretrain_masked_accuracy": round(history[-1]["masked_accuracy"], 4),
+        }
+        log_event("primary_pretrain_done", **pretrained)
     fit(model, ids, labels, soft, recipe, on_epoch)
     heldout_acc = None
     if heldout is not None and heldout_ids is not None:
@@ -525,6 +572,7 @@ def train(
         "teacher_heldout_accuracy": None if teacher_acc is None else round(teacher_acc, 4),
         "train_seconds": round(seconds, 1),
         "threads": recipe.threads,
+        **pretrained,
     }
     digest = save(model, vocab_tokens, out, recipe, {"metrics": metrics, **(data_info or {})})
     log_event("primary_train_done", **metrics, out=str(out), weights_sha256=digest)
