@@ -217,8 +217,9 @@ def bench(seconds: float, levels: list[int], rounds: int) -> None:
     ):
         port = free_port()
         argv = [*argv, str(port)] if name == "per-request" else argv
-        # Each server runs alone on the machine, as a single worker, so its torch pool
-        # (primary.torch_threads = 0) takes every core: same cores for all three.
+        # Each server runs alone on the machine, as the only worker, so all three get
+        # every core: the batched worker as batch lanes (primary.batch_lanes = 0), the
+        # per-request server as concurrent pipeline calls.
         alone = {"SENTIGUARD_PRIMARY_BASE_PORT": str(port), "SENTIGUARD_PRIMARY_WORKERS": "1"}
         servers[name] = Server(name, argv, port, env | extra | alone)
     try:
@@ -228,8 +229,9 @@ def bench(seconds: float, levels: list[int], rounds: int) -> None:
             f"model {settings.get('primary.model')}  sequence_length "
             f"{settings.get('primary.sequence_length')}  max_batch_size "
             f"{settings.get('primary.max_batch_size')}  max_batch_wait_ms "
-            f"{settings.get('primary.max_batch_wait_ms')}  torch_threads "
-            f"{servers['batched'].events()['model_loaded']['torch_threads']}  server_threads "
+            f"{settings.get('primary.max_batch_wait_ms')}  batch_lanes "
+            f"{servers['batched'].events()['model_loaded']['batch_lanes']}  torch_threads "
+            f"{settings.get('primary.torch_threads')}  server_threads "
             f"{settings.get('primary.server_threads')}  cores {os.cpu_count()}\n"
             f"{seconds:g} s per level and server, in {rounds} alternating slices; "
             f"one held-out review per request"

@@ -274,13 +274,23 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     S(
         "primary",
-        "torch_threads",
+        "batch_lanes",
         int,
         0,
-        "torch intra-op threads per worker; 0: the worker's share of the CPUs this "
-        "process may run on (CPUs // primary.workers, at least 1). Set it under a "
-        "container CPU quota, which the CPU count does not show.",
+        "Batches a worker runs at once, each on its own thread with torch_threads "
+        "threads; 0: the worker's share of the CPUs this process may run on (CPUs // "
+        "primary.workers, at least 1). Set it under a container CPU quota, which the CPU "
+        "count does not show.",
         non_negative,
+    ),
+    S(
+        "primary",
+        "torch_threads",
+        int,
+        1,
+        "torch intra-op threads per batch lane. One: two lanes of one thread outran one "
+        "lane of two on two cores (primary/batcher.py).",
+        positive,
     ),
     S("primary", "server_threads", int, 32, "HTTP threads of each worker.", positive),
     S(

@@ -112,7 +112,7 @@ def test_positive_index_without_a_positive_class_is_corrupt() -> None:
 
 
 @pytest.mark.parametrize(
-    ("setting", "workers", "cpus", "threads"),
+    ("setting", "workers", "cpus", "lanes"),
     [
         (0, 2, {0, 1}, 1),
         (0, 1, {0, 1}, 2),
@@ -121,12 +121,12 @@ def test_positive_index_without_a_positive_class_is_corrupt() -> None:
         (3, 2, {0, 1}, 3),
     ],
 )
-def test_torch_threads_are_the_workers_share_of_its_cpus_unless_set(
-    monkeypatch: pytest.MonkeyPatch, setting: int, workers: int, cpus: set[int], threads: int
+def test_batch_lanes_are_the_workers_share_of_its_cpus_unless_set(
+    monkeypatch: pytest.MonkeyPatch, setting: int, workers: int, cpus: set[int], lanes: int
 ) -> None:
     monkeypatch.setattr(model_mod.os, "sched_getaffinity", lambda pid: cpus)
-    settings = make_settings(**{"primary.torch_threads": setting, "primary.workers": workers})
-    assert model_mod.torch_threads(settings) == threads
+    settings = make_settings(**{"primary.batch_lanes": setting, "primary.workers": workers})
+    assert model_mod.batch_lanes(settings) == lanes
 
 
 def test_relative_existing_directory_is_local_and_absolute(tmp_path: Path) -> None:

@@ -25,8 +25,9 @@ def echo(texts: list[str]) -> list[str]:
     return [f"answer:{t}" for t in texts]
 
 
-def test_concurrent_requests_get_their_own_answers_in_order() -> None:
-    batcher: Batcher[str] = Batcher(echo, max_batch_size=16, max_wait_ms=5).start()
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_concurrent_requests_get_their_own_answers_in_order(lanes: int) -> None:
+    batcher: Batcher[str] = Batcher(echo, max_batch_size=16, max_wait_ms=5, lanes=lanes).start()
     requests_ = [[f"r{i}-t{j}" for j in range(1 + i % 4)] for i in range(200)]
     try:
         with ThreadPoolExecutor(32) as pool:
@@ -36,6 +37,51 @@ def test_concurrent_requests_get_their_own_answers_in_order() -> None:
     assert answers == [[f"answer:{t}" for t in texts] for texts in requests_]
     assert batcher.texts == sum(len(r) for r in requests_)
     assert batcher.batches < len(requests_) / 2  # coalesced, not one pass per request
+
+
+def test_lanes_run_batches_at_the_same_time() -> None:
+    both_running = threading.Barrier(2, timeout=5)
+
+    def predict(texts: list[str]) -> list[str]:
+        both_running.wait()  # breaks (BrokenBarrierError) unless a second batch runs too
+        return texts
+
+    batcher: Batcher[str] = Batcher(predict, max_batch_size=1, max_wait_ms=1, lanes=2).start()
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(lambda t: batcher.submit([t], 10), ["a", "b"]))
+    finally:
+        batcher.stop(2)
+    assert answers == [["a"], ["b"]]
+    assert batcher.batches == 2
+
+
+def test_stop_fails_what_no_lane_will_run() -> None:
+    release = threading.Event()
+    started = threading.Event()
+
+    def predict(texts: list[str]) -> list[str]:
+        started.set()
+        release.wait(5)
+        return texts
+
+    batcher: Batcher[str] = Batcher(predict, max_batch_size=1, max_wait_ms=1, lanes=2).start()
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(batcher.submit, [t], 10) for t in "abcd"]
+        started.wait(5)
+        wait_until(lambda: batcher._queue.qsize() >= 2, 5, "two requests queued")
+        stopper = threading.Thread(target=batcher.stop, args=(0.2,))
+        stopper.start()
+        stopper.join(5)
+        release.set()
+        outcomes = []
+        for f in futures:
+            try:
+                outcomes.append(f.result(5))
+            except BatcherStopped:
+                outcomes.append("stopped")
+    assert outcomes.count("stopped") >= 1  # queued past the deadline: told, not lost
+    assert all(o == "stopped" or o == [t] for o, t in zip(outcomes, "abcd", strict=True))
 
 
 def test_a_batch_never_exceeds_max_batch_size() -> None:
@@ -139,7 +185,10 @@ NEGATIVE = "质量太差了，用了两天就坏了，客服也不理人，非�
 def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
     if not (EMBEDDED_MODEL / "configuration.json").exists():
         pytest.skip("the embedded model is not built yet: run `sentiguard train primary`")
-    w = start_worker(tmp_path_factory.mktemp("primary-server"))
+    # Two batch lanes: every HTTP test below also covers batches running side by side.
+    w = start_worker(
+        tmp_path_factory.mktemp("primary-server"), env={"SENTIGUARD_PRIMARY_BATCH_LANES": "2"}
+    )
     try:
         wait_ready(w)
         yield w
@@ -162,6 +211,7 @@ def test_ready_names_the_serving_process_and_model(worker: Worker) -> None:
     assert body["model_version"].startswith(f"{EMBEDDED_MODEL}@")
     ready = worker.event("worker_ready")
     assert ready["import_s"] > 0 and ready["load_s"] > 0 and ready["rss_mb"] > 0
+    assert worker.event("model_loaded")["batch_lanes"] == 2
 
 
 @pytest.mark.integration

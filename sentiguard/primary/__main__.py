@@ -117,7 +117,8 @@ class WorkerProcess:
             "model_loaded",
             model_version=model.version,
             load_s=round(t2 - t1, 2),
-            torch_threads=model_mod.torch_threads(self.settings),
+            batch_lanes=model_mod.batch_lanes(self.settings),
+            torch_threads=self.settings.get("primary.torch_threads"),
             **memory_mb(),
         )
         self.state.attach(model)

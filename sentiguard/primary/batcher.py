@@ -1,14 +1,20 @@
-"""Micro-batching: coalesce concurrent requests into one forward pass.
+"""Micro-batching: coalesce concurrent requests into forward passes, `lanes` at a time.
 
-HTTP threads call `Batcher.submit(texts)` and block; one batcher thread takes the first
+HTTP threads call `Batcher.submit(texts)` and block. Each lane (a thread) takes the first
 waiting request, waits up to `max_wait_ms` for more (or until `max_batch_size` texts are
 gathered), runs them through `predict` as one list, and hands each caller its own slice
-in input order. It waits only when requests are concurrent (the last batch held more
+in input order. A lane waits only when requests are concurrent (its last batch held more
 than one, or more are queued): a lone client is never delayed by the wait. An exception
 from `predict` goes to the callers of that batch only; the next batch runs as usual.
 
+Lanes: with two cores, two lanes each running a batch on one torch thread beat one lane
+running it on a two-thread intra-op pool (measured 342-419 vs 230-360 texts/s on 16-text
+batches of the embedded model): torch's Python glue between operators runs on one core
+while the other computes, and no OpenMP team waits on its slowest member. `predict` must
+therefore be safe to call from `lanes` threads at once.
+
 An `urgent` request (the /health probe) goes ahead of every queued one, so under load it
-waits for the batch in progress only: a busy worker is not mistaken for a hung one.
+waits for a batch in progress only: a busy worker is not mistaken for a hung one.
 """
 
 from __future__ import annotations
@@ -38,8 +44,14 @@ class _Request(Generic[T]):
     future: Future[list[T]] = field(default_factory=Future)
 
 
+@dataclass
+class _Lane(Generic[T]):
+    carry: _Request[T] | None = None  # taken from the queue but did not fit its batch
+    last_batch_requests: int = 0
+
+
 class Batcher(Generic[T]):
-    """One thread that runs `predict` over batches of concurrently submitted texts.
+    """`lanes` threads that run `predict` over batches of concurrently submitted texts.
 
     `predict(texts)` must return one result per text, in order. A single request larger
     than `max_batch_size` is run on its own (the model splits it further).
@@ -50,6 +62,7 @@ class Batcher(Generic[T]):
         predict: Callable[[list[str]], list[T]],
         max_batch_size: int,
         max_wait_ms: float,
+        lanes: int = 1,
     ) -> None:
         self.predict = predict
         self.max_batch_size = max_batch_size
@@ -57,15 +70,19 @@ class Batcher(Generic[T]):
         # (0 urgent | 1 normal, arrival number, request): urgent first, else arrival order.
         self._queue: queue.PriorityQueue[tuple[int, int, _Request[T]]] = queue.PriorityQueue()
         self._arrivals = itertools.count()
-        self._carry: _Request[T] | None = None  # taken from the queue but did not fit
+        self._lanes: list[_Lane[T]] = [_Lane() for _ in range(lanes)]
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self.run, name="batcher", daemon=True)
+        self._threads = [
+            threading.Thread(target=self.run, args=(lane,), name=f"batcher-{i}", daemon=True)
+            for i, lane in enumerate(self._lanes)
+        ]
+        self._count_lock = threading.Lock()
         self.batches = 0
-        self._last_batch_requests = 0
         self.texts = 0
 
     def start(self) -> Batcher[T]:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def submit(
@@ -73,7 +90,7 @@ class Batcher(Generic[T]):
     ) -> list[T]:
         """Predict `texts` in a shared batch; block until answered (or raise its error).
 
-        `urgent` puts the request ahead of all queued ones (not of the batch running).
+        `urgent` puts the request ahead of all queued ones (not of the batches running).
         """
         if self._stopping.is_set():
             raise BatcherStopped("the worker is shutting down")
@@ -86,28 +103,30 @@ class Batcher(Generic[T]):
     def stop(self, timeout: float) -> None:
         """Finish queued work until `timeout`, then fail whatever is left."""
         self._stopping.set()
-        self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
         for request in self._drain_queue():
             request.future.set_exception(BatcherStopped("the worker is shutting down"))
 
-    def run(self) -> None:
+    def run(self, lane: _Lane[T]) -> None:
         while True:
-            batch = self._next_batch()
+            batch = self._next_batch(lane)
             if batch:
-                self._run_batch(batch)
+                self._run_batch(lane, batch)
             elif self._stopping.is_set():
                 return
 
-    def _next_batch(self) -> list[_Request[T]]:
-        first = self._carry
-        self._carry = None
+    def _next_batch(self, lane: _Lane[T]) -> list[_Request[T]]:
+        first = lane.carry
+        lane.carry = None
         if first is None:
             try:
                 first = self._queue.get(timeout=TICK_S)[-1]
             except queue.Empty:
                 return []
         batch, size = [first], len(first.texts)
-        if self._last_batch_requests <= 1 and self._queue.empty():
+        if lane.last_batch_requests <= 1 and self._queue.empty():
             # No concurrency seen: waiting for company would only add max_wait_ms to a
             # lone client's latency. Requests arriving during this pass form the next batch.
             return batch
@@ -120,15 +139,15 @@ class Batcher(Generic[T]):
                 break
             request = item[-1]
             if size + len(request.texts) > self.max_batch_size:
-                self._carry = request  # goes first in the next batch, keeping arrival order
+                lane.carry = request  # goes first in this lane's next batch
                 break
             batch.append(request)
             size += len(request.texts)
         return batch
 
-    def _run_batch(self, batch: list[_Request[T]]) -> None:
+    def _run_batch(self, lane: _Lane[T], batch: list[_Request[T]]) -> None:
         texts = [t for request in batch for t in request.texts]
-        self._last_batch_requests = len(batch)
+        lane.last_batch_requests = len(batch)
         try:
             results = self.predict(texts)
             if len(results) != len(texts):
@@ -141,8 +160,9 @@ class Batcher(Generic[T]):
             if not isinstance(e, Exception):
                 raise
             return
-        self.batches += 1
-        self.texts += len(texts)
+        with self._count_lock:
+            self.batches += 1
+            self.texts += len(texts)
         start = 0
         for request in batch:
             end = start + len(request.texts)
@@ -150,8 +170,11 @@ class Batcher(Generic[T]):
             start = end
 
     def _drain_queue(self) -> list[_Request[T]]:
-        left = [self._carry] if self._carry is not None else []
-        self._carry = None
+        left = []
+        for lane in self._lanes:
+            if lane.carry is not None:
+                left.append(lane.carry)
+                lane.carry = None
         while True:
             try:
                 left.append(self._queue.get_nowait()[-1])

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -158,7 +159,9 @@ def weights_sha256(directory: Path) -> str:
 class PrimaryModel:
     """A sequence classifier with batched, length-bucketed inference.
 
-    `predict` is not thread-safe: one caller at a time (the worker's batcher thread).
+    `predict` may run in several threads at once (the batcher's lanes): the tokenizer,
+    whose Rust core refuses concurrent calls ("Already borrowed"), runs under a lock, and
+    the forward pass only reads the weights.
     `name` is the model as configured; `version` is "<name>@<12 hex of the weights' sha256>".
     """
 
@@ -184,6 +187,7 @@ class PrimaryModel:
         self.long_text = long_text
         self.max_batch = max_batch
         self.pipeline = pipeline  # the ModelScope pipeline, for the one-call-per-text path
+        self._tokenizer_lock = threading.Lock()
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
         """One Prediction per text, in input order."""
@@ -194,9 +198,10 @@ class PrimaryModel:
         room = self.sequence_length - self.tokenizer.num_special_tokens_to_add()
         # verbose=False: a text longer than the model's limit is expected here (it is
         # windowed or cut below), not worth transformers' warning.
-        content = self.tokenizer(
-            list(texts), add_special_tokens=False, truncation=False, verbose=False
-        )
+        with self._tokenizer_lock:
+            content = self.tokenizer(
+                list(texts), add_special_tokens=False, truncation=False, verbose=False
+            )
         segments: list[tuple[int, list[int]]] = []  # (text index, token ids with specials)
         truncated: list[bool] = []
         for i, ids in enumerate(content["input_ids"]):
@@ -320,11 +325,11 @@ def _quiet_libraries() -> None:
     )
 
 
-def torch_threads(settings: Settings) -> int:
-    """primary.torch_threads, or (0) this worker's share of the CPUs it may run on."""
-    threads: int = settings.get("primary.torch_threads")
-    if threads:
-        return threads
+def batch_lanes(settings: Settings) -> int:
+    """primary.batch_lanes, or (0) this worker's share of the CPUs it may run on."""
+    lanes: int = settings.get("primary.batch_lanes")
+    if lanes:
+        return lanes
     return max(1, len(os.sched_getaffinity(0)) // settings.get("primary.workers"))
 
 
@@ -334,7 +339,7 @@ def load_model(settings: Settings) -> PrimaryModel:
     import_backend(settings.get("primary.backend"))
     import torch
 
-    torch.set_num_threads(torch_threads(settings))
+    torch.set_num_threads(settings.get("primary.torch_threads"))
     directory = _fetch(source) if source.hub_id else source.local_dir
     assert directory is not None
     if source.hub_id:
@@ -436,8 +441,8 @@ def _fast_twin(tokenizer: Any, directory: Path) -> Any:
 
     ModelScope builds the slow Python BertTokenizer unless tokenizer_config.json says
     use_fast; on a batch the fast one is ~3x quicker and gives the same ids (a test
-    checks the scores equal the pipeline's). Only the batcher thread uses it, which
-    sidesteps the thread-safety caveat ModelScope notes for fast tokenizers.
+    checks the scores equal the pipeline's). `PrimaryModel.predict` calls it under a lock,
+    for the thread-safety caveat ModelScope notes for fast tokenizers.
     """
     if getattr(tokenizer, "is_fast", False):
         return tokenizer

@@ -24,6 +24,7 @@ from flask import Flask, Response, jsonify, request
 from sentiguard.errors import BadRequest, HTTPError
 from sentiguard.primary.batcher import Batcher, BatcherStopped
 from sentiguard.primary.faults import Faults
+from sentiguard.primary.model import batch_lanes
 
 if TYPE_CHECKING:
     from sentiguard.primary.model import Prediction, PrimaryModel
@@ -66,6 +67,7 @@ class WorkerState:
             self.faults.slowed(model.predict),
             self.settings.get("primary.max_batch_size"),
             self.settings.get("primary.max_batch_wait_ms"),
+            batch_lanes(self.settings),
         ).start()
 
     def predict(self, texts: list[str], urgent: bool = False) -> list[Prediction]:
