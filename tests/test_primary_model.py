@@ -363,3 +363,23 @@ def test_a_model_too_big_for_memory_is_a_memory_failure(tmp_path: Path) -> None:
         load_model(make_settings(**{"primary.model": str(too_big)}))
     assert e.value.cause == "memory"
     assert "memory" in str(e.value).split("Fix: ", 1)[1]
+
+
+@needs_model
+def test_last_layer_on_cls_gives_the_full_pass_logits(model: model_mod.PrimaryModel) -> None:
+    import torch
+
+    net = model.pipeline.model
+    fast = model_mod._last_layer_on_cls(net)
+    assert fast is not None and model._forward is not net  # the worker serves the fast path
+    torch.manual_seed(0)
+    ids = torch.randint(5, net.config.vocab_size, (6, 40))
+    mask = torch.ones_like(ids)
+    for row, length in enumerate([40, 33, 20, 7, 3, 1]):  # padded rows, as in buckets
+        ids[row, length:] = 0
+        mask[row, length:] = 0
+    types = torch.zeros_like(ids)
+    with torch.inference_mode():
+        full = net(input_ids=ids, attention_mask=mask, token_type_ids=types)["logits"]
+        cls = fast(input_ids=ids, attention_mask=mask, token_type_ids=types)["logits"]
+    assert torch.allclose(full, cls, atol=1e-5), (full, cls)

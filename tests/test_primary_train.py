@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,15 @@ def test_committed_model_manifest_matches_its_weights() -> None:
     assert config["adv_grad_factor"] is None
     total = sum(p.stat().st_size for p in COMMITTED.iterdir())
     assert total < 20 * 1024 * 1024
+
+
+def test_committed_model_is_what_the_default_recipe_trains() -> None:
+    """`sentiguard train primary` (the default Recipe) retrains the committed model; only
+    `extra` (diagnostics such as per-epoch held-out traces) may differ."""
+    manifest = json.loads((COMMITTED / "manifest.json").read_text(encoding="utf-8"))
+    recorded = {k: v for k, v in manifest["recipe"].items() if k != "extra"}
+    default = {k: v for k, v in asdict(train_mod.DEFAULT_RECIPE).items() if k != "extra"}
+    assert recorded == default
 
 
 def test_crops_keep_a_run_of_at_least_half_the_clauses() -> None:

@@ -89,7 +89,7 @@ class Recipe:
     # More teacher-labelled inputs: per training text of 3+ words, this many copies that
     # leave out each word with probability `drop_rate`. The teacher's probability for a
     # copy says how much the missing words mattered, which the hard label cannot.
-    augment_drops: int = 0
+    augment_drops: int = 1
     drop_rate: float = 0.15
     # Masked-LM pretraining before fine-tuning (sentiguard.primary.pretrain): epochs over
     # People's Daily + the training reviews, whole-word masked at `mask_rate`.
