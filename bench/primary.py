@@ -6,7 +6,8 @@
 Starts, side by side on the same model and settings:
 
 - "batched": the real worker (`python -m sentiguard.primary`): requests coalesced into
-  length-bucketed forward passes;
+  length-bucketed forward passes, one batch lane per core, the last layer run for [CLS]
+  only;
 - "unbatched": the same worker with primary.max_batch_size = 1;
 - "per-request": the common design, a minimal Flask app (same waitress server, same
   thread counts) that calls ModelScope's `pipeline(text)` once per request, padded to
@@ -264,7 +265,7 @@ def bench(seconds: float, levels: list[int], rounds: int) -> None:
             "higher is better; p99 ratio: lower is better; CPU saved: that server's CPU per "
             "request / batched's.\n On a shared machine the CPU ratio is the steadier one: the "
             "OS shares cores per thread, so 16 threads each running a pipeline get more of a "
-            "busy machine than one batching thread does.)"
+            "busy machine than the batched worker's few lanes do.)"
         )
         batched = servers["batched"]
         events = batched.events()

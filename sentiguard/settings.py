@@ -251,9 +251,9 @@ SETTINGS: tuple[Setting, ...] = (
         "truncate",
         "Texts longer than sequence_length: truncate (keep the start) or window "
         "(half-overlapping windows whose probabilities are averaged, twice the cost for "
-        "long texts). On the embedded model truncate scored 0.8266 on the held-out split, "
-        "window 0.8237 (`sentiguard eval --model primary --split heldout`); measure again "
-        "for another model.",
+        "long texts). On the embedded model truncate scored 0.8318 on the held-out split, "
+        "window 0.8312 (258 vs 257 of its 288 long reviews, `python bench/primary.py "
+        "--long-text`); measure again for another model.",
         one_of("truncate", "window"),
     ),
     S(
