@@ -7,7 +7,8 @@ hub StructBERT take the same path. Prediction does not call the pipeline per tex
 preprocessor pads every input to `sequence_length`, which makes a 20-character review
 cost a 128-token forward pass. Instead the batch is tokenized with the pipeline's own
 tokenizer, sorted by length, cut into buckets padded only to their longest member, and
-run through the pipeline's own model; a test checks the scores equal the plain pipeline
+run through the pipeline's own model (for StructBERT, its last layer for [CLS] only, the
+one position the classifier reads); a test checks the scores equal the plain pipeline
 call's.
 
 A model that cannot load raises `ModelLoadError` with `cause` one of missing, corrupt,
