@@ -16,6 +16,9 @@ Only the backbone (`model.bert`) is trained here; the masked-LM head is StructBE
 (`SbertOnlyMLMHead`, decoder tied to the word embeddings), run only on the masked
 positions, and is thrown away afterwards. The classifier then fine-tunes the same object,
 so the saved model is the unchanged `SbertForSequenceClassification` the pipeline loads.
+
+Off by default (`Recipe.pretrain_epochs = 0`): 2 epochs (23 minutes here) left the
+fine-tuned model a point worse (docs/primary-model.md, run p1).
 """
 
 from __future__ import annotations

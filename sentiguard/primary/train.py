@@ -13,8 +13,10 @@ Recipe (every number lives in `Recipe`, and the manifest records it):
 - distillation: a word + character TF-IDF logistic-regression teacher gives each training
   text a probability from out-of-fold predictions (the teacher never saw the text it
   labels, so its soft labels carry its generalisation, not its memory); the loss mixes
-  that soft target with the hard label. Clause crops of the training texts, labelled by
-  the same out-of-fold teacher, add inputs.
+  that soft target with the hard label. Clause crops of the training texts and copies
+  with a few words left out, labelled by the same out-of-fold teacher, add inputs.
+- masked-LM pretraining (`sentiguard.primary.pretrain`): available, off by default (it
+  made this model worse, docs/primary-model.md run p1).
 - batches of similar length with per-batch padding: reviews are short (median ~45
   characters), so padding every batch to the sequence length would waste most compute.
 - checkpoint averaging: the weights of the last few epochs are averaged.
