@@ -25,17 +25,15 @@ from __future__ import annotations
 
 import math
 import random
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sentiguard.logs import log_event
+from sentiguard.primary.train import Recipe, length_batches, pad, progress, warmup_cosine
 
 if TYPE_CHECKING:
     from transformers import BertTokenizerFast
-
-    from sentiguard.primary.train import Recipe
 
 IGNORE = -100  # label of a position the loss skips
 PEOPLES_DAILY = ("tag", "199801.txt")
@@ -152,9 +150,6 @@ def pretrain(
     """
     import torch
     from modelscope.models.nlp.structbert.fill_mask import SbertOnlyMLMHead
-    from tqdm import tqdm
-
-    from sentiguard.primary.train import length_batches, pad
 
     rng = random.Random(recipe.seed + 1)
     examples = encode(tokenizer, corpus(train_texts, recipe.max_length - 2, recipe.limit))
@@ -165,16 +160,8 @@ def pretrain(
         p for n, p in head.named_parameters() if n != "predictions.decoder.weight"
     ]
     optimizer = torch.optim.AdamW(params, lr=recipe.pretrain_lr, weight_decay=recipe.weight_decay)
-    steps_per_epoch = math.ceil(len(examples) / recipe.batch_size)
-    total = steps_per_epoch * recipe.pretrain_epochs
-    warmup = max(1, int(total * recipe.warmup_fraction))
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    total = math.ceil(len(examples) / recipe.batch_size) * recipe.pretrain_epochs
+    scheduler = warmup_cosine(optimizer, total, recipe.warmup_fraction)
     special = dict(
         mask_id=tokenizer.mask_token_id,
         unk_id=tokenizer.unk_token_id,
@@ -189,14 +176,7 @@ def pretrain(
         tokens=sum(lengths),
         epochs=recipe.pretrain_epochs,
     )
-    bar = tqdm(
-        total=total,
-        desc="pretrain primary (masked LM)",
-        unit="step",
-        file=sys.stderr,
-        smoothing=0.05,
-        mininterval=1,
-    )
+    bar = progress(total, "pretrain primary (masked LM)")
     model.train()
     head.train()
     history = []

@@ -41,7 +41,6 @@ from typing import TYPE_CHECKING, Any
 from sentiguard.data import Dataset, read_file, split
 from sentiguard.errors import DataError, ExitCode
 from sentiguard.logs import log_event
-from sentiguard.primary import pretrain as pretrain_mod
 from sentiguard.primary import vocab as vocab_mod
 from sentiguard.primary.model import sha256_file
 
@@ -211,9 +210,10 @@ def teacher_probabilities(
     train: Dataset,
     heldout: Dataset | None,
     recipe: Recipe,
-    crops: Sequence[tuple[int, str]] = (),
+    augmented: Sequence[tuple[int, str]] = (),
 ) -> tuple[np.ndarray, np.ndarray, float | None]:
-    """Out-of-fold P(positive) for every training text and crop; teacher held-out accuracy.
+    """Out-of-fold P(positive) for every training text and every (source index, text) of
+    `augmented` (crops, word-drop copies); the teacher's held-out accuracy.
 
     Word 1-2-gram (jieba) + character 1-3-gram TF-IDF with logistic regression, the same
     family as the fallback, built here so this recipe does not depend on the fallback's
@@ -249,30 +249,29 @@ def teacher_probabilities(
         return LogisticRegression(C=recipe.teacher_c, max_iter=1000).fit(x[rows], y[rows])
 
     oof = np.zeros(len(texts))
-    crop_p = np.zeros(len(crops))
-    crop_source = np.asarray([i for i, _ in crops], dtype=int)
-    x_crops = (
-        hstack(
-            [word.transform([c for _, c in crops]), char.transform([c for _, c in crops])]
-        ).tocsr()
-        if crops
+    extra_p = np.zeros(len(augmented))
+    extra_source = np.asarray([i for i, _ in augmented], dtype=int)
+    extra_texts = [t for _, t in augmented]
+    x_extra = (
+        hstack([word.transform(extra_texts), char.transform(extra_texts)]).tocsr()
+        if augmented
         else None
     )
     folds = StratifiedKFold(n_splits=recipe.teacher_folds, shuffle=True, random_state=recipe.seed)
     for fit_rows, predict_rows in folds.split(texts, y):
         model = fitted(fit_rows)
         oof[predict_rows] = model.predict_proba(x[predict_rows])[:, 1]
-        if x_crops is not None:
-            mine = np.flatnonzero(np.isin(crop_source, predict_rows))
+        if x_extra is not None:
+            mine = np.flatnonzero(np.isin(extra_source, predict_rows))
             if len(mine):
-                crop_p[mine] = model.predict_proba(x_crops[mine])[:, 1]
+                extra_p[mine] = model.predict_proba(x_extra[mine])[:, 1]
     accuracy = None
     if heldout is not None:
         h = list(heldout.texts)
         x_heldout = hstack([word.transform(h), char.transform(h)]).tocsr()
         p = fitted(np.arange(len(texts))).predict_proba(x_heldout)[:, 1]
         accuracy = float(np.mean((p >= 0.5) == np.asarray(heldout.labels)))
-    return oof, crop_p, accuracy
+    return oof, extra_p, accuracy
 
 
 # --- training ------------------------------------------------------------------------
@@ -322,6 +321,28 @@ def accuracy(probs: Sequence[float], labels: Sequence[int]) -> float:
     return sum((p >= 0.5) == bool(y) for p, y in zip(probs, labels, strict=True)) / len(labels)
 
 
+def warmup_cosine(optimizer: Any, total: int, warmup_fraction: float) -> Any:
+    """A scheduler for `total` steps: linear warm-up over `warmup_fraction`, then cosine to
+    zero."""
+    import torch
+
+    warmup = max(1, int(total * warmup_fraction))
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+
+
+def progress(total: int, desc: str) -> Any:
+    """The training progress bar (steps, loss, ETA) on stderr."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", file=sys.stderr, smoothing=0.05, mininterval=1)
+
+
 def fit(
     model: Any,
     ids: list[list[int]],
@@ -332,13 +353,10 @@ def fit(
 ) -> None:
     """Train `model` in place; ends with the average of the last `average_last` epochs."""
     import torch
-    from tqdm import tqdm
 
     rng = random.Random(recipe.seed)
     lengths = [len(x) for x in ids]
-    steps_per_epoch = math.ceil(len(ids) / recipe.batch_size)
-    total = steps_per_epoch * recipe.epochs
-    warmup = max(1, int(total * recipe.warmup_fraction))
+    total = math.ceil(len(ids) / recipe.batch_size) * recipe.epochs
     # No weight decay on biases and LayerNorm gains, as in BERT's own recipe.
     decay: list[torch.nn.Parameter] = []
     no_decay: list[torch.nn.Parameter] = []
@@ -351,24 +369,11 @@ def fit(
         ],
         lr=recipe.lr,
     )
-
-    def lr_at(step: int) -> float:  # linear warm-up, then cosine to zero
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    scheduler = warmup_cosine(optimizer, total, recipe.warmup_fraction)
     y_hard = torch.tensor(list(labels), dtype=torch.long)
     y_soft = torch.tensor(list(soft), dtype=torch.float) if soft is not None else None
     snapshots: list[dict[str, torch.Tensor]] = []
-    bar = tqdm(
-        total=total,
-        desc="train primary",
-        unit="step",
-        file=sys.stderr,
-        smoothing=0.05,
-        mininterval=1,
-    )
+    bar = progress(total, "train primary")
     step = 0
     for epoch in range(recipe.epochs):
         model.train()
@@ -530,8 +535,9 @@ def train(
         drops = make_word_drops(
             train_set.texts, recipe.augment_drops, recipe.drop_rate, recipe.seed
         )
-        soft_arr, crop_arr, teacher_acc = teacher_probabilities(
-            train_set, heldout, recipe, crops + drops
+        augmented = crops + drops
+        soft_arr, extra_arr, teacher_acc = teacher_probabilities(
+            train_set, heldout, recipe, augmented
         )
         soft = soft_arr.tolist()
         log_event(
@@ -543,9 +549,9 @@ def train(
             word_drops=len(drops),
         )
         # A crop or a copy keeps its source's hard label and gets its own soft label.
-        ids += encode(tokenizer, [c for _, c in crops + drops], recipe.max_length)
-        labels += [train_set.labels[i] for i, _ in crops + drops]
-        soft += crop_arr.tolist()
+        ids += encode(tokenizer, [t for _, t in augmented], recipe.max_length)
+        labels += [train_set.labels[i] for i, _ in augmented]
+        soft += extra_arr.tolist()
     heldout_ids = encode(tokenizer, heldout.texts, recipe.max_length) if heldout else None
 
     def on_epoch(epoch: int, model: Any) -> None:
@@ -557,8 +563,10 @@ def train(
     model = build_model(recipe, len(vocab_tokens))
     pretrained: dict[str, Any] = {}
     if recipe.pretrain_epochs > 0:
+        from sentiguard.primary.pretrain import pretrain
+
         t0 = time.monotonic()
-        history = pretrain_mod.pretrain(model, tokenizer, train_set.texts, recipe)
+        history = pretrain(model, tokenizer, train_set.texts, recipe)
         pretrained = {
             "pretrain_seconds": round(time.monotonic() - t0, 1),
             "pretrain_masked_accuracy": round(history[-1]["masked_accuracy"], 4),
