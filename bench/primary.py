@@ -231,7 +231,7 @@ def bench(seconds: float, levels: list[int], rounds: int) -> None:
             f"{settings.get('primary.sequence_length')}  max_batch_size "
             f"{settings.get('primary.max_batch_size')}  max_batch_wait_ms "
             f"{settings.get('primary.max_batch_wait_ms')}  batch_lanes "
-            f"{servers['batched'].events()['model_loaded']['batch_lanes']}  torch_threads "
+            f"{servers['batched'].events()['worker_ready']['batch_lanes']}  torch_threads "
             f"{settings.get('primary.torch_threads')}  server_threads "
             f"{settings.get('primary.server_threads')}  cores {os.cpu_count()}\n"
             f"{seconds:g} s per level and server, in {rounds} alternating slices; "

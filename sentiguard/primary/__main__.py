@@ -117,8 +117,6 @@ class WorkerProcess:
             "model_loaded",
             model_version=model.version,
             load_s=round(t2 - t1, 2),
-            batch_lanes=model_mod.batch_lanes(self.settings),
-            torch_threads=self.settings.get("primary.torch_threads"),
             **memory_mb(),
         )
         self.state.attach(model)
@@ -146,6 +144,8 @@ class WorkerProcess:
             import_s=round(t1 - t0, 2),
             load_s=round(t2 - t1, 2),
             probe_ms=probe_ms,
+            batch_lanes=self.state.batcher.lanes if self.state.batcher else None,
+            torch_threads=self.settings.get("primary.torch_threads"),
             **memory_mb(),
         )
         return None

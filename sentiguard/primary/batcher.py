@@ -80,6 +80,10 @@ class Batcher(Generic[T]):
         self.batches = 0
         self.texts = 0
 
+    @property
+    def lanes(self) -> int:
+        return len(self._lanes)
+
     def start(self) -> Batcher[T]:
         for thread in self._threads:
             thread.start()
