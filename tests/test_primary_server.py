@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,6 +23,50 @@ from tests.primary_helpers import EMBEDDED_MODEL, Worker, start_worker, wait_rea
 def echo(texts: list[str]) -> list[str]:
     time.sleep(0.005)  # long enough that concurrent requests pile up behind a batch
     return [f"answer:{t}" for t in texts]
+
+
+class Held:
+    """A fake `predict` that records its batches and keeps a batch holding `hold` (every
+    batch, for None) running until `release()`: requests sent meanwhile wait in the queue."""
+
+    def __init__(
+        self,
+        hold: str | None = "first",
+        answer: Callable[[list[str]], list[str]] = list,
+    ) -> None:
+        self.hold, self.answer = hold, answer
+        self.calls: list[list[str]] = []
+        self._released = threading.Event()
+
+    def __call__(self, texts: list[str]) -> list[str]:
+        self.calls.append(texts)
+        if self.hold is None or self.hold in texts:
+            self._released.wait(5)
+        return self.answer(texts)
+
+    def release(self) -> None:
+        self._released.set()
+
+
+def queued(batcher: Batcher[str]) -> list[str]:
+    """The first text of each request waiting in the batcher's queue, in queue order."""
+    return [request.texts[0] for *_, request in list(batcher._queue.queue)]
+
+
+def send_in_order(
+    batcher: Batcher[str], model: Held, send: Callable[[str], object], names: list[str]
+) -> list[threading.Thread]:
+    """`send(name)` from a thread per name: the first starts the held batch, and each later
+    one starts once the one before waits in the queue, so they queue in this order."""
+    threads = []
+    for name in names:
+        threads.append(threading.Thread(target=send, args=(name,)))
+        threads[-1].start()
+        if len(threads) == 1:
+            wait_until(lambda: model.calls, 5, "the first batch to start")
+        else:
+            wait_until(lambda n=name: n in queued(batcher), 5, name)
+    return threads
 
 
 @pytest.mark.parametrize("lanes", [1, 2])
@@ -57,24 +101,16 @@ def test_lanes_run_batches_at_the_same_time() -> None:
 
 
 def test_stop_fails_what_no_lane_will_run() -> None:
-    release = threading.Event()
-    started = threading.Event()
-
-    def predict(texts: list[str]) -> list[str]:
-        started.set()
-        release.wait(5)
-        return texts
-
-    batcher: Batcher[str] = Batcher(predict, max_batch_size=1, max_wait_ms=1, lanes=2).start()
+    model = Held(hold=None)  # both lanes stay busy: later requests wait in the queue
+    batcher: Batcher[str] = Batcher(model, max_batch_size=1, max_wait_ms=1, lanes=2).start()
     with ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(batcher.submit, [t], 10) for t in "abcd"]
-        started.wait(5)
-        wait_until(lambda: batcher._queue.qsize() >= 2, 5, "two requests queued")
+        wait_until(lambda: len(model.calls) == 2 and len(queued(batcher)) == 2, 5, "2 queued")
         stopper = threading.Thread(target=batcher.stop, args=(0.2,))
         stopper.start()
         stopper.join(5)
-        release.set()
-        outcomes = []
+        model.release()
+        outcomes: list[object] = []
         for f in futures:
             try:
                 outcomes.append(f.result(5))
@@ -101,70 +137,46 @@ def test_a_batch_never_exceeds_max_batch_size() -> None:
 
 
 def test_an_error_reaches_only_the_callers_of_its_batch() -> None:
-    release = threading.Event()
-    calls: list[list[str]] = []
-
-    def predict(texts: list[str]) -> list[str]:
-        calls.append(texts)
-        if texts == ["first"]:
-            release.wait(5)  # hold the loop so the next requests queue up in order
+    def upper_unless_boom(texts: list[str]) -> list[str]:
         if "boom" in texts:
             raise ValueError("model exploded")
         return [t.upper() for t in texts]
 
-    batcher: Batcher[str] = Batcher(predict, max_batch_size=2, max_wait_ms=50).start()
+    model = Held(answer=upper_unless_boom)
+    batcher: Batcher[str] = Batcher(model, max_batch_size=2, max_wait_ms=50).start()
     results: dict[str, object] = {}
 
-    def call(texts: list[str]) -> None:
+    def call(name: str) -> None:
         try:
-            results[texts[0]] = batcher.submit(texts, 5)
+            results[name] = batcher.submit([name], 5)
         except Exception as e:
-            results[texts[0]] = e
+            results[name] = e
 
-    threads = [threading.Thread(target=call, args=(["first"],))]
-    threads[0].start()
-    wait_until(lambda: calls, 5, "the first batch to start")
-    for name in ("boom", "b", "c", "d"):
-        threads.append(threading.Thread(target=call, args=([name],)))
-        threads[-1].start()
-        wait_until(
-            lambda n=name: n in [r.texts[0] for *_, r in list(batcher._queue.queue)], 5, name
-        )
-    release.set()
+    threads = send_in_order(batcher, model, call, ["first", "boom", "b", "c", "d"])
+    model.release()
     for t in threads:
         t.join(5)
     batcher.stop(2)
-    assert calls[1:] == [["boom", "b"], ["c", "d"]]
+    assert model.calls[1:] == [["boom", "b"], ["c", "d"]]
     assert isinstance(results["boom"], ValueError) and isinstance(results["b"], ValueError)
     assert results["first"] == ["FIRST"] and results["c"] == ["C"] and results["d"] == ["D"]
 
 
 def test_an_urgent_request_goes_ahead_of_the_queue() -> None:
     """The /health probe waits for the batch in progress only, never for the queue."""
-    release = threading.Event()
-    calls: list[list[str]] = []
-
-    def predict(texts: list[str]) -> list[str]:
-        calls.append(texts)
-        if texts == ["first"]:
-            release.wait(5)
-        return texts
-
-    batcher: Batcher[str] = Batcher(predict, max_batch_size=1, max_wait_ms=1).start()
-    threads = [threading.Thread(target=batcher.submit, args=(["first"], 5))]
-    threads[0].start()
-    wait_until(lambda: calls, 5, "the first batch to start")
-    for name, urgent in (("a", False), ("b", False), ("probe", True)):
-        threads.append(threading.Thread(target=batcher.submit, args=([name], 5, urgent)))
-        threads[-1].start()
-        wait_until(
-            lambda n=name: n in [r.texts[0] for *_, r in list(batcher._queue.queue)], 5, name
-        )
-    release.set()
+    model = Held()
+    batcher: Batcher[str] = Batcher(model, max_batch_size=1, max_wait_ms=1).start()
+    threads = send_in_order(
+        batcher,
+        model,
+        lambda name: batcher.submit([name], 5, urgent=name == "probe"),
+        ["first", "a", "b", "probe"],
+    )
+    model.release()
     for t in threads:
         t.join(5)
     batcher.stop(2)
-    assert calls == [["first"], ["probe"], ["a"], ["b"]]
+    assert model.calls == [["first"], ["probe"], ["a"], ["b"]]
 
 
 def test_a_stopped_batcher_refuses_new_work() -> None:
