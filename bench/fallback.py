@@ -125,7 +125,7 @@ def main() -> int:
     threadpool_limits(1)
     where = pin_one_core()
     settings = settings_mod.load()
-    directory = settings.path("fallback.model")
+    directory = settings.fallback.model_dir
     started = time.perf_counter()
     ours = FallbackModel.load(directory)
     load_s = time.perf_counter() - started

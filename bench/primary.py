@@ -75,7 +75,7 @@ def serve_per_request(port: int) -> None:
     def ready() -> Any:
         return jsonify(ready=True, pid=os.getpid())
 
-    serve(app, host="127.0.0.1", port=port, threads=settings.get("primary.server_threads"))
+    serve(app, host="127.0.0.1", port=port, threads=settings.primary.server_threads)
 
 
 # --- process handling ---------------------------------------------------------------------

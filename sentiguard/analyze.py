@@ -104,16 +104,16 @@ class ServiceClient:
     """POST /analyze on the running gateway, retrying 503s after their Retry-After."""
 
     def __init__(self, settings: Settings, *, sleep: Callable[[float], None] | None = None):
-        host = settings.get("gateway.host")
+        host = settings.gateway.host
         if host in ("0.0.0.0", "::", ""):
             host = "127.0.0.1"  # a wildcard bind is reachable on loopback
         host = f"[{host}]" if ":" in host else host
-        self.url = f"http://{host}:{settings.get('gateway.port')}"
+        self.url = f"http://{host}:{settings.gateway.port}"
         self.sleep = sleep or time.sleep
         self.reached = False  # once the service answered, a refused connection is a restart
         self.headers = {"Content-Type": "application/json"}
-        if settings.get("gateway.api_key"):
-            self.headers["X-API-Key"] = settings.get("gateway.api_key")
+        if settings.gateway.api_key:
+            self.headers["X-API-Key"] = settings.gateway.api_key
         self._local = threading.local()
 
     @property
@@ -206,7 +206,7 @@ class LocalAnalyzer:
     def __init__(self, settings: Settings) -> None:
         from sentiguard.fallback.model import FallbackModel
 
-        self.model = FallbackModel.load(settings.path("fallback.model"))
+        self.model = FallbackModel.load(settings.fallback.model_dir)
 
     def analyze(self, texts: list[str]) -> list[dict[str, Any]]:
         probs = self.model.predict_proba(texts)
@@ -375,9 +375,9 @@ def analyze_command(
     assert file is not None
     texts = read_reviews(file)
     analyzer: Analyzer = LocalAnalyzer(settings) if local else ServiceClient(settings)
-    max_chars = None if local else settings.get("gateway.max_text_chars")
-    chunk = min(CHUNK_TEXTS, settings.get("gateway.max_texts"))
-    max_bytes = settings.get("gateway.max_body_bytes") // 2  # leaves room for the JSON around
+    max_chars = None if local else settings.gateway.max_text_chars
+    chunk = min(CHUNK_TEXTS, settings.gateway.max_texts)
+    max_bytes = settings.gateway.max_body_bytes // 2  # leaves room for the JSON around
     with tqdm(total=len(texts), unit="review", file=sys.stderr, desc="analyze") as bar:
         rows = analyze_rows(
             analyzer,

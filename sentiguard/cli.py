@@ -20,25 +20,25 @@ Handler = Callable[[settings_mod.Settings, argparse.Namespace], int]
 
 
 def _up(s: settings_mod.Settings, args: argparse.Namespace) -> int:
-    from sentiguard.service import up
+    from sentiguard.runtime.service import up
 
     return up(s)
 
 
 def _down(s: settings_mod.Settings, args: argparse.Namespace) -> int:
-    from sentiguard.service import down
+    from sentiguard.runtime.service import down
 
     return down(s)
 
 
 def _status(s: settings_mod.Settings, args: argparse.Namespace) -> int:
-    from sentiguard.service import status
+    from sentiguard.runtime.service import status
 
     return status(s, as_json=args.json)
 
 
 def _reload(s: settings_mod.Settings, args: argparse.Namespace) -> int:
-    from sentiguard.service import reload
+    from sentiguard.runtime.service import reload
 
     return reload(s, model=args.model)
 

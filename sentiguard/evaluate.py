@@ -87,7 +87,7 @@ class Source:
 def _fallback(settings: Settings) -> Source:
     from sentiguard.fallback.model import FallbackModel
 
-    model = FallbackModel.load(settings.path("fallback.model"))
+    model = FallbackModel.load(settings.fallback.model_dir)
 
     def predict(texts: list[str]) -> tuple[list[float], list[str]]:
         return model.predict_proba(texts), ["fallback"] * len(texts)
@@ -103,20 +103,20 @@ def _primary(settings: Settings) -> Source:
     def predict(texts: list[str]) -> tuple[list[float], list[str]]:
         return [float(r.p_positive) for r in model.predict(texts)], ["primary"] * len(texts)
 
-    return Source(predict, int(settings.get("primary.max_batch_size")), str(model.version))
+    return Source(predict, settings.primary.max_batch_size, str(model.version))
 
 
 def _service(settings: Settings) -> Source:
     """POST /analyze to the running gateway, in batches of at most gateway.max_texts."""
     import requests
 
-    host = settings.get("gateway.host")
-    url = f"http://{host}:{settings.get('gateway.port')}/analyze"
+    host = settings.gateway.host
+    url = f"http://{host}:{settings.gateway.port}/analyze"
     headers = {"Content-Type": "application/json"}
-    if settings.get("gateway.api_key"):
-        headers["Authorization"] = f"Bearer {settings.get('gateway.api_key')}"
+    if settings.gateway.api_key:
+        headers["Authorization"] = f"Bearer {settings.gateway.api_key}"
     session = requests.Session()
-    source = Source(lambda texts: ([], []), int(settings.get("gateway.max_texts")))
+    source = Source(lambda texts: ([], []), settings.gateway.max_texts)
 
     def predict(texts: list[str]) -> tuple[list[float], list[str]]:
         try:

@@ -234,7 +234,7 @@ def hang(
             replaced - at,
         )
     )
-    result.extra["deadline_ms"] = int(service.settings.get("gateway.deadline_ms"))
+    result.extra["deadline_ms"] = service.settings.gateway.deadline_ms
     return result
 
 
@@ -260,7 +260,7 @@ def leak(
 ) -> Result:
     """Make worker `index` leak past watchdog.memory_limit_mb; wait for its recycle."""
     name = f"primary_{index}"
-    limit = int(service.settings.get("watchdog.memory_limit_mb"))
+    limit = service.settings.watchdog.memory_limit_mb
     pid = service.supervisor_pid(index)
     # /status carries memory once the watchdog reported it.
     now_mb = wait_until(lambda: worker_memory_mb(service, index), 30.0, f"{name} memory")

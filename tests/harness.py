@@ -29,8 +29,9 @@ from typing import Any, TypeVar
 import psutil
 
 from sentiguard import settings as settings_mod
-from sentiguard import supervisord as sv
-from sentiguard.service import port_free
+from sentiguard.runtime import supervisord as sv
+from sentiguard.runtime.paths import RunDir
+from sentiguard.runtime.service import port_free
 
 T = TypeVar("T")
 
@@ -140,18 +141,18 @@ class ServiceHandle:
 
     @property
     def port(self) -> int:
-        return int(self.settings.get("gateway.port"))
+        return self.settings.gateway.port
 
     @property
     def workers(self) -> int:
-        return int(self.settings.get("primary.workers"))
+        return self.settings.primary.workers
 
     def worker_port(self, index: int) -> int:
-        return int(self.settings.get("primary.base_port")) + index
+        return self.settings.primary.base_port + index
 
     @property
     def log_dir(self) -> Path:
-        return sv.log_dir(self.settings)
+        return RunDir(self.settings).logs
 
     def get(self, path: str, timeout: float = 5.0) -> Response:
         return http_request(self.port, "GET", path, timeout=timeout)
@@ -227,7 +228,7 @@ class ServiceHandle:
         still alive after `timeout` is killed, so a failed test cannot leak processes.
         """
         if timeout is None:
-            timeout = float(self.settings.get("service.graceful_timeout_s")) + 5.0
+            timeout = float(self.settings.service.graceful_timeout_s) + 5.0
         before = self.tree()
         start = time.monotonic()
         with contextlib.suppress(ProcessLookupError):

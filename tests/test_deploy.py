@@ -48,10 +48,11 @@ def budget_mb(env: dict[str, str]) -> int:
     """Memory limit for one instance: every worker at the watchdog's limit, the gateway and
     supervisord/watchdog, plus one worker overshooting to the critical level before the
     watchdog's samples catch it (sentiguard.doctor's numbers)."""
-    s = settings_mod.load(environ=env)
-    workers = s.get("primary.workers")
-    limit = s.get("watchdog.memory_limit_mb")
-    overshoot = s.get("watchdog.memory_critical_mb") - limit
+    # check=False: the API key comes from a Secret at run time, not from this env.
+    s = settings_mod.load(environ=env, check=False)
+    workers = s.primary.workers
+    limit = s.watchdog.memory_limit_mb
+    overshoot = s.watchdog.memory_critical_mb - limit
     return int(workers * limit + GATEWAY_MB + SUPPORT_MB + overshoot)
 
 
@@ -122,8 +123,10 @@ def test_dockerfile_env_is_valid_settings_and_bakes_in_no_api_key() -> None:
         if word == "ENV":
             env.update(re.findall(r"(\w+)=(\S+)", rest))
     sentiguard_env = {k: v for k, v in env.items() if k.startswith("SENTIGUARD_")}
-    s = settings_mod.load(environ=sentiguard_env)  # raises on an unknown name or bad value
-    assert s.get("gateway.host") == "0.0.0.0"
+    # Raises on an unknown name or bad value; the key is given at `docker run`, so the
+    # cross-setting rules (public bind needs a key) are checked there, not here.
+    s = settings_mod.load(environ=sentiguard_env, check=False)
+    assert s.gateway.host == "0.0.0.0"
     assert "SENTIGUARD_GATEWAY_API_KEY" not in env
     assert "SENTIGUARD_GATEWAY_ALLOW_PUBLIC_WITHOUT_KEY" not in env
 
@@ -184,15 +187,15 @@ def plain_env(c: dict[str, Any]) -> dict[str, str]:
 def test_probes_ports_and_api_key_follow_the_settings() -> None:
     c = container()
     env = plain_env(c)
-    s = settings_mod.load(environ=env)
+    s = settings_mod.load(environ=env, check=False)  # the key comes from a Secret
     (port,) = c["ports"]
-    assert port["containerPort"] == s.get("gateway.port")
+    assert port["containerPort"] == s.gateway.port
     assert c["livenessProbe"]["httpGet"]["path"] == "/health"
     assert c["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert c["startupProbe"]["httpGet"]["path"] in ("/ready", "/health")
     for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
         assert c[probe]["httpGet"]["port"] in (port["name"], port["containerPort"])
-    assert s.get("gateway.host") == "0.0.0.0"
+    assert s.gateway.host == "0.0.0.0"
     (key,) = [e for e in c["env"] if e["name"] == "SENTIGUARD_GATEWAY_API_KEY"]
     assert "secretKeyRef" in key["valueFrom"]
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
@@ -209,7 +212,7 @@ def test_memory_limit_is_the_watchdog_budget() -> None:
 def test_termination_grace_covers_prestop_and_graceful_shutdown() -> None:
     pod = manifests()["Deployment"]["spec"]["template"]["spec"]
     env = plain_env(container())
-    graceful = settings_mod.load(environ=env).get("service.graceful_timeout_s")
+    graceful = settings_mod.load(environ=env, check=False).service.graceful_timeout_s
     pre_stop = container()["lifecycle"]["preStop"]["exec"]["command"]
     sleep_s = int(pre_stop[-1]) if pre_stop[0] == "sleep" else 0
     assert pod["terminationGracePeriodSeconds"] > sleep_s + graceful

@@ -26,7 +26,6 @@ import psutil
 import pytest
 
 from sentiguard import settings as settings_mod
-from sentiguard import supervisord
 from sentiguard.doctor import Result, Status, doctor_command
 from sentiguard.doctor.config import check_settings
 from sentiguard.doctor.deps import (
@@ -51,6 +50,7 @@ from sentiguard.doctor.resources import (
     memory_budget_mb,
     service_rss_mb,
 )
+from sentiguard.runtime.paths import RunDir
 from sentiguard.settings import ROOT
 from tests.harness import ServiceHandle, free_port, free_port_block
 
@@ -126,7 +126,7 @@ def test_healthy_install_passes_every_check(tmp_path: Path) -> None:
 def test_port_taken_fails_and_names_the_fix(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
     with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", settings.get("gateway.port")))
+        squatter.bind(("127.0.0.1", settings.gateway.port))
         squatter.listen()
         code, lines = report(settings)
     assert code == 1
@@ -139,7 +139,7 @@ def test_port_taken_fails_and_names_the_fix(tmp_path: Path) -> None:
 
 def test_removed_model_file_fails_and_names_the_fix(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
-    primary = settings.path("primary.model")
+    primary = settings.primary.model_dir
     weights = next(iter(manifest_files(json.loads((primary / "manifest.json").read_text()))))
     (primary / weights).unlink()
     code, lines = report(settings)
@@ -166,7 +166,7 @@ def test_cli_doctor_runs_the_real_checks_and_exits_non_zero_on_failure(tmp_path:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SENTIGUARD_")}
     env.update(settings.as_env())
     with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", settings.get("primary.base_port") + 1))
+        squatter.bind(("127.0.0.1", settings.primary.base_port + 1))
         squatter.listen()
         result = subprocess.run(
             [sys.executable, "-m", "sentiguard", "doctor"],
@@ -334,7 +334,7 @@ def test_live_supervisord_reports_program_states(
     settings = socket_settings(run_dir)
     infos = [{"name": f"primary_{i}", "statename": s} for i, s in enumerate(states)]
     server = UnixXMLRPCServer(
-        str(supervisord.socket_path(settings)),
+        str(RunDir(settings).supervisor_socket),
         requestHandler=UnixRequestHandler,
         logRequests=False,
     )
@@ -482,7 +482,7 @@ def test_hub_id_is_a_warning_not_a_failure(tmp_path: Path) -> None:
 
 def test_memory_budget_is_workers_times_limit_plus_the_rest() -> None:
     s = settings_mod.load(environ={"SENTIGUARD_PRIMARY_WORKERS": "3"})
-    assert memory_budget_mb(s) == 3 * s.get("watchdog.memory_limit_mb") + 500
+    assert memory_budget_mb(s) == 3 * s.watchdog.memory_limit_mb + 500
 
 
 def test_too_little_memory_fails_and_says_how_many_workers_fit() -> None:
@@ -510,7 +510,7 @@ def test_running_service_memory_counts_as_available(run_dir: Path) -> None:
         start_new_session=True,
     )
     try:
-        supervisord.pid_path(settings).write_text(f"{proc.pid}\n")
+        RunDir(settings).supervisord_pid.write_text(f"{proc.pid}\n")
         root = psutil.Process(proc.pid)
         deadline = time.monotonic() + 10
         while not root.children() and time.monotonic() < deadline:
@@ -532,14 +532,15 @@ def test_unwritable_log_dir_fails_naming_the_setting(tmp_path: Path) -> None:
 
 def test_overlapping_ports_fail() -> None:
     s = settings_mod.load(
-        environ={"SENTIGUARD_GATEWAY_PORT": "5101", "SENTIGUARD_PRIMARY_BASE_PORT": "5100"}
+        environ={"SENTIGUARD_GATEWAY_PORT": "5101", "SENTIGUARD_PRIMARY_BASE_PORT": "5100"},
+        check=False,
     )
     (result,) = check_settings(s)
     assert result.status is Status.FAIL and "worker ports" in result.detail
 
 
 def test_public_bind_without_key_fails_with_how_to_set_one() -> None:
-    s = settings_mod.load(environ={"SENTIGUARD_GATEWAY_HOST": "0.0.0.0"})
+    s = settings_mod.load(environ={"SENTIGUARD_GATEWAY_HOST": "0.0.0.0"}, check=False)
     (result,) = check_settings(s)
     assert result.status is Status.FAIL and "SENTIGUARD_GATEWAY_API_KEY" in result.fix
     keyed = settings_mod.load(
@@ -550,7 +551,8 @@ def test_public_bind_without_key_fails_with_how_to_set_one() -> None:
 
 def test_every_failing_line_names_a_fix(tmp_path: Path) -> None:
     s = settings_mod.load(
-        environ={"SENTIGUARD_GATEWAY_HOST": "0.0.0.0", "SENTIGUARD_GATEWAY_THREADS": "4"}
+        environ={"SENTIGUARD_GATEWAY_HOST": "0.0.0.0", "SENTIGUARD_GATEWAY_THREADS": "4"},
+        check=False,
     )
     results = [*check_settings(s), check_memory(s, available_mb=10)]
     assert len(only(results, Status.FAIL)) == 3

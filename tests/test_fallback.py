@@ -41,7 +41,7 @@ def small_model(small: Dataset) -> FallbackModel:
 
 @pytest.fixture(scope="module")
 def committed() -> FallbackModel:
-    path = settings_mod.load(environ={}).path("fallback.model")
+    path = settings_mod.load(environ={}).fallback.model_dir
     return FallbackModel.load(path)
 
 
@@ -217,7 +217,7 @@ def test_committed_model_accuracy_and_manifest(committed: FallbackModel) -> None
     p = committed.predict_proba(heldout.texts)
     accuracy = np.mean([(q >= 0.5) == bool(y) for q, y in zip(p, heldout.labels, strict=True)])
     assert accuracy >= 0.845
-    directory = settings_mod.load(environ={}).path("fallback.model")
+    directory = settings_mod.load(environ={}).fallback.model_dir
     manifest = json.loads((directory / MANIFEST_FILE).read_text(encoding="utf-8"))
     assert manifest["version"] == committed.version  # the manifest describes this file
     assert manifest["training_data"]["heldout_sha256"] == heldout.sha256()

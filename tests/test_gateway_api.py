@@ -18,12 +18,13 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from sentiguard import control
 from sentiguard.errors import ExitCode, SettingsError
 from sentiguard.gateway import app as app_module
 from sentiguard.gateway import create_app
 from sentiguard.gateway.app import STATIC_DIR, gateway_of
 from sentiguard.gateway.control_app import create_control_app
+from sentiguard.runtime import control
+from sentiguard.runtime.paths import RunDir
 from sentiguard.settings import ROOT
 from tests.gateway_helpers import (
     FakeFallback,
@@ -414,7 +415,7 @@ def test_real_gateway_process_routes_serves_control_socket_and_drains_on_sigterm
         status, body = call(gateway.port, "POST", "/analyze", {"text": "很好"})
         assert (status, body["model"], body["label"]) == (200, "primary", "positive")
 
-        sock = control.socket_path(gateway.settings)
+        sock = RunDir(gateway.settings).control_socket
         assert stat.S_IMODE(sock.stat().st_mode) == 0o600
         client = control.ControlClient(gateway.settings)
         code, answer = client.request("PUT", "/control/workers/primary_0", {"drain": True})

@@ -16,10 +16,11 @@ import psutil
 import pytest
 from supervisor.options import ServerOptions
 
-from sentiguard import service
+from sentiguard.runtime import service
 from sentiguard import settings as settings_mod
-from sentiguard import supervisord as sv
 from sentiguard.errors import ExitCode, SettingsError
+from sentiguard.runtime import supervisord as sv
+from sentiguard.runtime.paths import RunDir
 from tests.harness import ServiceHandle, free_port, start_service
 
 
@@ -37,8 +38,8 @@ def make_settings(tmp_path: Path, **overrides: Any) -> settings_mod.Settings:
 
 def parse_conf(settings: settings_mod.Settings, tmp_path: Path) -> ServerOptions:
     """Parse the rendered config with supervisord's own parser, as `up` would run it."""
-    sv.log_dir(settings).mkdir(parents=True, exist_ok=True)
-    sv.run_dir(settings).mkdir(parents=True, exist_ok=True)
+    RunDir(settings).logs.mkdir(parents=True, exist_ok=True)
+    RunDir(settings).root.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "supervisord.conf"
     path.write_text(sv.render_supervisord_conf(settings))
     options = ServerOptions()
@@ -90,7 +91,7 @@ def test_conf_hands_every_child_the_resolved_settings(tmp_path: Path) -> None:
             env = p.environment
             assert {k: env[k] for k in settings.as_env()} == settings.as_env()
             # A child loading its settings from that environment agrees with `up`.
-            assert settings_mod.load(None, environ=env).values == settings.values
+            assert settings_mod.load(None, environ=env).as_dict() == settings.as_dict()
 
 
 def test_conf_refuses_a_value_supervisord_would_mangle(tmp_path: Path) -> None:
@@ -125,7 +126,7 @@ def test_up_refuses_a_taken_port(tmp_path: Path, capsys: pytest.CaptureFixture[s
         assert service.up(settings) == ExitCode.ERROR
     err = capsys.readouterr().err
     assert f"port {port}" in err and "--port" in err
-    assert not sv.conf_path(settings).exists()  # refused before writing anything
+    assert not RunDir(settings).supervisord_conf.exists()  # refused before writing anything
 
 
 def test_up_refuses_a_taken_worker_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -141,7 +142,7 @@ def test_up_refuses_a_live_instance_and_clears_a_stale_one(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     settings = make_settings(tmp_path)
-    path = sv.socket_path(settings)
+    path = RunDir(settings).supervisor_socket
     path.parent.mkdir(parents=True)
     with socket.socket(socket.AF_UNIX) as live:
         live.bind(str(path))
@@ -305,7 +306,7 @@ def test_down_stops_everything(tmp_path: Path) -> None:
         assert code == 0
         _, alive = psutil.wait_procs(tree, timeout=2)
         assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
-        assert not sv.socket_path(svc.settings).exists()
+        assert not RunDir(svc.settings).supervisor_socket.exists()
         assert svc.cli("status").returncode != 0
         # Each process drained and exited by itself, none had to be killed: the gateway
         # used to wait on a /ready poll to a stopping worker until supervisord's SIGKILL.

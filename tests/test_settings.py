@@ -8,6 +8,8 @@ import pytest
 
 from sentiguard import settings
 from sentiguard.cli import build_parser, main
+from sentiguard.doctor import Status
+from sentiguard.doctor.config import check_settings
 from sentiguard.errors import ExitCode, SettingsError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,22 +23,22 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_defaults_need_no_file() -> None:
     s = settings.load(environ={})
-    assert s.get("gateway.port") == 5000
-    assert s.gateway["host"] == "127.0.0.1"
+    assert s.gateway.port == 5000
+    assert s.gateway.host == "127.0.0.1"
     assert s.sources["gateway.port"] == "default"
 
 
 def test_precedence_defaults_toml_env_cli(tmp_path: Path) -> None:
     path = write(
-        tmp_path, "[gateway]\nport = 6000\nthreads = 10\n[watchdog]\nmemory_limit_mb = 700\n"
+        tmp_path, "[gateway]\nport = 6000\nthreads = 120\n[watchdog]\nmemory_limit_mb = 700\n"
     )
     env = {"SENTIGUARD_GATEWAY_PORT": "7000", "SENTIGUARD_CONFIG": str(path)}
     s = settings.load(environ=env, overrides={"gateway.port": 8000})
-    assert s.get("gateway.port") == 8000  # CLI beats env
-    assert s.get("watchdog.memory_limit_mb") == 700  # TOML beats default
-    assert s.get("gateway.threads") == 10
+    assert s.gateway.port == 8000  # CLI beats env
+    assert s.watchdog.memory_limit_mb == 700  # TOML beats default
+    assert s.gateway.threads == 120
     s = settings.load(environ=env)
-    assert s.get("gateway.port") == 7000  # env beats TOML
+    assert s.gateway.port == 7000  # env beats TOML
     assert s.sources["gateway.port"] == "environment SENTIGUARD_GATEWAY_PORT"
 
 
@@ -47,9 +49,9 @@ def test_env_values_are_typed() -> None:
         "SENTIGUARD_WATCHDOG_MEMORY_LIMIT_MB": "900",
     }
     s = settings.load(environ=env)
-    assert s.get("faults.enabled") is True
-    assert s.get("watchdog.interval_s") == 0.25
-    assert s.get("watchdog.memory_limit_mb") == 900
+    assert s.faults.enabled is True
+    assert s.watchdog.interval_s == 0.25
+    assert s.watchdog.memory_limit_mb == 900
 
 
 @pytest.mark.parametrize(
@@ -86,7 +88,7 @@ def test_bad_config_stops_the_cli_with_config_exit_code(
 def test_as_env_round_trips() -> None:
     s = settings.load(environ={}, overrides={"gateway.port": 5999, "faults.enabled": True})
     again = settings.load(environ=s.as_env())
-    assert again.values == s.values
+    assert again.as_dict() == s.as_dict()
 
 
 def test_conf_file_is_generated_from_the_settings() -> None:
@@ -96,8 +98,8 @@ def test_conf_file_is_generated_from_the_settings() -> None:
         "`.venv/bin/python -m sentiguard.settings > conf/sentiguard.toml`"
     )
     # and it loads as a config file unchanged
-    assert settings.load(ROOT / "conf" / "sentiguard.toml", environ={}).values == (
-        settings.load(environ={}).values
+    assert settings.load(ROOT / "conf" / "sentiguard.toml", environ={}).as_dict() == (
+        settings.load(environ={}).as_dict()
     )
 
 
@@ -113,3 +115,31 @@ def test_every_cli_command_is_in_the_readme() -> None:
     sub = next(a for a in parser._actions if a.dest == "command")
     for name in sub.choices:  # type: ignore[union-attr]
         assert f"sentiguard {name}" in readme, f"README does not document `sentiguard {name}`"
+
+
+def test_settings_that_do_not_fit_together_are_refused_at_load_as_doctor_words_them(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    env = {"SENTIGUARD_WATCHDOG_MEMORY_LIMIT_MB": "3000"}  # above memory_critical_mb 2000
+    with pytest.raises(SettingsError) as info:
+        settings.load(environ=env)
+    (result,) = check_settings(settings.load(environ=env, check=False))
+    assert result.status is Status.FAIL
+    assert str(info.value) == f"{result.detail}. Hint: {result.fix}."
+    # `up` (every command) stops on it before starting anything
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SENTIGUARD_WATCHDOG_MEMORY_LIMIT_MB", "3000")
+        assert main(["up"]) == ExitCode.CONFIG_ERROR
+    assert result.detail in capsys.readouterr().err
+
+
+def test_warnings_still_load() -> None:
+    s = settings.load(environ={"SENTIGUARD_FAULTS_ENABLED": "1"})
+    assert [r.status for r in check_settings(s)] == [Status.WARN]
+
+
+def test_settings_read_back_with_their_declared_types() -> None:
+    s = settings.load(environ={"SENTIGUARD_WATCHDOG_DRAIN_TIMEOUT_S": "2"})
+    assert isinstance(s.watchdog.drain_timeout_s, float)
+    for declared in settings.SETTINGS:
+        assert isinstance(s.value(declared.name), declared.type), declared.name

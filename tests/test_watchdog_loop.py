@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
+from sentiguard.runtime import reload
+from sentiguard.runtime.paths import RunDir
 from sentiguard.settings import Settings
-from sentiguard.watchdog import reload
 from sentiguard.watchdog.drain import GatewayLink
 from sentiguard.watchdog.main import Watchdog, decision_log
 from sentiguard.watchdog.policy import Phase
@@ -46,7 +47,7 @@ class Rig:
         self.settings = settings
         self.sup = FakeSupervisor(NAMES)
         self.gw = gateway if gateway is not None else FakeGateway(self.sup.calls)
-        self.workers = FakeWorkers(int(settings.get("primary.base_port")))
+        self.workers = FakeWorkers(settings.primary.base_port)
         self.clock = Clock()
         self.wd = Watchdog(
             settings,
@@ -222,7 +223,7 @@ def test_reload_lock_holds_recycles(rig: Rig) -> None:
     # The worker being reloaded is reported drained, as the lock says.
     last = [b for n, b in rig.gw.reports if n == "primary_1"][-1]
     assert last["drain"] is True
-    reload.lock_path(rig.settings).unlink()
+    RunDir(rig.settings).reload_lock.unlink()
     rig.round()
     assert rig.rec("primary_1").restarts["reload"] == 1
     assert events(rig.settings, "reload_released")

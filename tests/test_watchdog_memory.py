@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from sentiguard.watchdog import memory
+from sentiguard.runtime import memory
 from tests.watchdog_helpers import wait_until
 
 ALLOC_MB = 80

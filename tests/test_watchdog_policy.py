@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sentiguard.errors import ExitCode
-from sentiguard.watchdog.memory import MemorySample
+from sentiguard.runtime.memory import MemorySample
 from sentiguard.watchdog.policy import Action, Backoff, Phase, Policy, WorkerRecord
 from sentiguard.watchdog.probe import ProbeResult
 from tests.watchdog_helpers import make_settings

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from sentiguard.primary.model import reload_model_path
+from sentiguard.runtime import reload
+from sentiguard.runtime.paths import RunDir
 from sentiguard.settings import Settings
-from sentiguard.watchdog import reload
 from sentiguard.watchdog.main import Watchdog
 from sentiguard.watchdog.policy import Phase
 from sentiguard.watchdog.probe import probe_ready
@@ -77,7 +77,7 @@ def watchdog(settings: Settings, service: SupervisorClient) -> Iterator[Watchdog
 
 
 def ready(settings: Settings, index: int) -> str | None:
-    r = probe_ready(int(settings.get("primary.base_port")) + index, 0.5)
+    r = probe_ready(settings.primary.base_port + index, 0.5)
     return r.model_version if r.ready else None
 
 
@@ -113,7 +113,7 @@ def test_stopped_worker_is_killed_as_hung_and_replaced(
 def test_exit_4_is_parked_not_restarted(
     settings: Settings, service: SupervisorClient, watchdog: Watchdog
 ) -> None:
-    port = int(settings.get("primary.base_port"))
+    port = settings.primary.base_port
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
     try:
         conn.request("POST", "/_exit", headers={"X-Code": "4"})
@@ -167,8 +167,8 @@ def test_reload_moves_workers_one_at_a_time(
     assert "[1/2] primary_0" in out and "[2/2] primary_1" in out and "done" in out
     assert ready(settings, 0) == "v2" and ready(settings, 1) == "v2"
     assert all(pid_of(service, n) != before[n] for n in before)
-    assert not reload.lock_path(settings).exists()
-    assert (reload_model_path(settings)).read_text().strip() == "v2"
+    assert not RunDir(settings).reload_lock.exists()
+    assert (RunDir(settings).reload_model).read_text().strip() == "v2"
     steps = events(settings, "reload_step")
     assert [s["worker"] for s in steps] == ["primary_0", "primary_1"]
     assert all(s["outcome"] == "ready" for s in steps)
@@ -194,9 +194,9 @@ def test_reload_to_a_model_that_cannot_load_restores_the_previous_one(
     assert reload.reload(settings, "broken") == 1
     out = capsys.readouterr().out
     assert "died on broken (exit status 4)" in out and "Not moved: primary_1" in out
-    assert not reload_model_path(settings).exists()  # back to the configured model
+    assert not RunDir(settings).reload_model.exists()  # back to the configured model
     wait_until(lambda: ready(settings, 0) == "v0")
     assert pid_of(service, "primary_1") == untouched
-    assert not reload.lock_path(settings).exists()
+    assert not RunDir(settings).reload_lock.exists()
     wait_until(lambda: watchdog.records["primary_0"].phase is Phase.READY)
     assert not events(settings, "park")  # the reload, not the watchdog, handled that exit

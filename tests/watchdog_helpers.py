@@ -27,8 +27,9 @@ if str(ROOT) not in sys.path:  # when run as a script by supervisord
     sys.path.insert(0, str(ROOT))
 
 from sentiguard import settings as settings_mod  # noqa: E402
+from sentiguard.runtime.memory import MemorySample  # noqa: E402
+from sentiguard.runtime.paths import RunDir  # noqa: E402
 from sentiguard.settings import Settings  # noqa: E402
-from sentiguard.watchdog.memory import MemorySample  # noqa: E402
 from sentiguard.watchdog.probe import ProbeResult, Readiness  # noqa: E402
 from sentiguard.watchdog.supervisor_client import ProcessInfo, ProcessState  # noqa: E402
 from tests.harness import wait_until  # noqa: E402
@@ -58,7 +59,7 @@ def make_settings(tmp: Path, **overrides: Any) -> Settings:
 
 
 def read_log(settings: Settings) -> list[dict[str, Any]]:
-    path = settings.path("service.log_dir") / "watchdog.jsonl"
+    path = RunDir(settings).watchdog_log
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
@@ -181,8 +182,8 @@ class FakeWorkers:
 
 
 def supervisord_conf(settings: Settings, program: str, numprocs: int = 2) -> Path:
-    run = settings.path("service.run_dir")
-    logs = settings.path("service.log_dir")
+    run = RunDir(settings).root
+    logs = RunDir(settings).logs
     logs.mkdir(parents=True, exist_ok=True)
     conf = run / "supervisord.conf"
     conf.write_text(
@@ -274,7 +275,7 @@ def worker_command(settings: Settings) -> str:
     return (
         f"{sys.executable} {HELPERS} worker --index %(process_num)d "
         f"--base-port {settings.get('primary.base_port')} "
-        f"--run-dir {settings.path('service.run_dir')}"
+        f"--run-dir {RunDir(settings).root}"
     )
 
 

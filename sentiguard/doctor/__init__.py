@@ -35,6 +35,7 @@ from sentiguard.doctor.models import check_models
 from sentiguard.doctor.ports import check_ports, check_supervisor_socket
 from sentiguard.doctor.report import Result, Status
 from sentiguard.doctor.resources import check_memory, check_writable
+from sentiguard.runtime.paths import RunDir
 from sentiguard.settings import Settings
 
 __all__ = ["Result", "Status", "doctor_command", "run_checks"]
@@ -56,8 +57,8 @@ def run_checks(
     yield check_supervisor_socket(settings)
     yield from check_models(settings)
     yield check_memory(settings, available_mb)
-    yield check_writable("log dir", settings.path("service.log_dir"), "service.log_dir")
-    yield check_writable("run dir", settings.path("service.run_dir"), "service.run_dir")
+    yield check_writable("log dir", RunDir(settings).logs, "service.log_dir")
+    yield check_writable("run dir", RunDir(settings).root, "service.run_dir")
 
 
 def doctor_command(

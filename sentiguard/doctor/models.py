@@ -167,11 +167,11 @@ def check_models(settings: Settings) -> list[Result]:
     label = "primary (reload)" if serving is not settings else "primary model"
     settings = serving
     source = resolve_source(settings)
-    primary_dir = source.local_dir or settings.path("primary.model")
+    primary_dir = source.local_dir or settings.primary.model_dir
     return [
         check_model(
             "fallback model",
-            settings.path("fallback.model"),
+            settings.fallback.model_dir,
             "fallback.model",
             retrain="sentiguard train fallback",
             consistency=fallback_problem,

@@ -8,8 +8,9 @@ import urllib.request
 
 import psutil
 
-from sentiguard import supervisord
 from sentiguard.doctor.report import Result, fail, ok, warn
+from sentiguard.runtime import supervisord
+from sentiguard.runtime.paths import RunDir
 from sentiguard.settings import Settings
 
 # --- ports and the supervisord socket ---------------------------------------------------
@@ -84,19 +85,19 @@ def check_port(
 
 
 def check_ports(settings: Settings) -> list[Result]:
-    host = str(settings.get("gateway.host"))
+    host = settings.gateway.host
     results = [
         check_port(
             "gateway port",
             host,
-            int(settings.get("gateway.port")),
+            settings.gateway.port,
             "sentiguard.gateway",
             "/health",
             "reasons",
         )
     ]
-    base = int(settings.get("primary.base_port"))
-    for i in range(int(settings.get("primary.workers"))):
+    base = settings.primary.base_port
+    for i in range(settings.primary.workers):
         results.append(
             check_port(
                 f"worker port {i}", "127.0.0.1", base + i, "sentiguard.primary", "/ready", "ready"
@@ -107,7 +108,7 @@ def check_ports(settings: Settings) -> list[Result]:
 
 def check_supervisor_socket(settings: Settings) -> Result:
     """<run_dir>/supervisor.sock: absent (not running), live (running) or a stale file."""
-    path = supervisord.socket_path(settings)
+    path = RunDir(settings).supervisor_socket
     check = "supervisord"
     if not path.exists():
         return ok(check, f"{path} absent: the service is not running")
@@ -147,6 +148,6 @@ def check_supervisor_socket(settings: Settings) -> Result:
         return warn(
             check,
             f"live; {states}",
-            f"see `sentiguard status` and the logs in {settings.path('service.log_dir')}",
+            f"see `sentiguard status` and the logs in {RunDir(settings).logs}",
         )
     return ok(check, f"live: the service is running ({states})")

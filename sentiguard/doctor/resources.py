@@ -7,8 +7,8 @@ from pathlib import Path
 
 import psutil
 
-from sentiguard import supervisord
 from sentiguard.doctor.report import Result, fail, ok, warn
+from sentiguard.runtime.paths import RunDir
 from sentiguard.settings import Settings
 
 # Memory the processes other than the primary workers need. The gateway with the embedded
@@ -23,8 +23,8 @@ SUPPORT_MB = 100
 def memory_budget_mb(settings: Settings) -> int:
     """Memory one instance may use before the watchdog recycles anything: every worker at
     its limit, plus the gateway (with the fallback) and supervisord + watchdog."""
-    workers = int(settings.get("primary.workers"))
-    return workers * int(settings.get("watchdog.memory_limit_mb")) + GATEWAY_MB + SUPPORT_MB
+    workers = settings.primary.workers
+    return workers * settings.watchdog.memory_limit_mb + GATEWAY_MB + SUPPORT_MB
 
 
 def cgroup_available_mb(root: Path = Path("/sys/fs/cgroup")) -> float | None:
@@ -52,7 +52,7 @@ def service_rss_mb(settings: Settings) -> float:
     would fail a healthy running service on a host sized for exactly one instance.
     """
     try:
-        pid = int(supervisord.pid_path(settings).read_text().strip())
+        pid = int(RunDir(settings).supervisord_pid.read_text().strip())
         root = psutil.Process(pid)
         tree = [root, *root.children(recursive=True)]
     except (OSError, ValueError, psutil.Error):
@@ -79,8 +79,8 @@ def check_memory(settings: Settings, available_mb: float | None = None) -> Resul
             available_mb += running
             note = f" (incl. {running:.0f} MB the running service holds)"
     need = memory_budget_mb(settings)
-    workers = int(settings.get("primary.workers"))
-    limit = int(settings.get("watchdog.memory_limit_mb"))
+    workers = settings.primary.workers
+    limit = settings.watchdog.memory_limit_mb
     detail = (
         f"{available_mb:.0f} MB available{note}; needs {need} MB = {workers} workers x "
         f"{limit} MB (watchdog.memory_limit_mb) + {GATEWAY_MB} gateway + {SUPPORT_MB} "

@@ -124,7 +124,7 @@ def train_command(settings: Settings, data: str | None = None, out: str | None =
         dataset = read_file(data)
         train, heldout = split_file(dataset)
         source = {"source": str(Path(data).resolve()), "file_sha256": dataset.sha256()}
-    target = Path(out) if out else settings.path("fallback.model")
+    target = Path(out) if out else settings.fallback.model_dir
     manifest = train_and_save(train, heldout, target, SPLIT_SEED, source, progress=say)
     held = manifest["metrics"]["heldout"]
     print(

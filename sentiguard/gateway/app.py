@@ -73,7 +73,7 @@ def load_fallback(settings: Settings) -> Fallback:
     """The configured fallback model; raises `ModelLoadError` saying how to fix it."""
     from sentiguard.fallback.model import FallbackModel
 
-    model: Fallback = FallbackModel.load(settings.path("fallback.model"))
+    model: Fallback = FallbackModel.load(settings.fallback.model_dir)
     return model
 
 
@@ -90,7 +90,7 @@ def create_app(
     fallback = fallback if fallback is not None else load_fallback(settings)
     pool = WorkerPool(settings)
     admission = FallbackAdmission(
-        settings.get("gateway.fallback_capacity"), settings.get("gateway.retry_after_s")
+        settings.gateway.fallback_capacity, settings.gateway.retry_after_s
     )
     state = GatewayState(pool, admission, fallback)
     gateway = Gateway(
@@ -119,8 +119,8 @@ def gateway_of(app: Flask) -> Gateway:
 
 
 def _register_hooks(app: Flask, gateway: Gateway) -> None:
-    api_key = gateway.settings.get("gateway.api_key")
-    log_text = gateway.settings.get("gateway.log_text")
+    api_key = gateway.settings.gateway.api_key
+    log_text = gateway.settings.gateway.log_text
 
     @app.before_request
     def start() -> None:
@@ -223,7 +223,7 @@ def _register_routes(app: Flask, gateway: Gateway) -> None:
     settings = gateway.settings
     state = gateway.state
     limits = Limits.from_settings(settings)
-    deadline_ms: int = settings.get("gateway.deadline_ms")
+    deadline_ms: int = settings.gateway.deadline_ms
 
     @app.post("/analyze")
     def analyze() -> Response:

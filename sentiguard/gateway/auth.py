@@ -29,10 +29,10 @@ def is_loopback(host: str) -> bool:
 
 def check_bind(settings: Settings) -> None:
     """Refuse a public bind without a key; raise `SettingsError` saying how to set one."""
-    host = settings.get("gateway.host")
-    if is_loopback(host) or settings.get("gateway.api_key"):
+    host = settings.gateway.host
+    if is_loopback(host) or settings.gateway.api_key:
         return
-    if settings.get("gateway.allow_public_without_key"):
+    if settings.gateway.allow_public_without_key:
         return
     raise SettingsError(
         f"gateway.host = {host!r} is reachable beyond this machine, and no API key is set. "

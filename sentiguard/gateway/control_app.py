@@ -21,10 +21,11 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from sentiguard import control
 from sentiguard.errors import BadRequest, HTTPError
 from sentiguard.gateway.state import GatewayState
 from sentiguard.logs import EventLog
+from sentiguard.runtime import control
+from sentiguard.runtime.paths import RunDir
 from sentiguard.settings import Settings
 
 
@@ -36,7 +37,7 @@ class Forbidden(HTTPError):
 def create_control_app(settings: Settings, state: GatewayState, log: EventLog) -> Flask:
     app = Flask(__name__ + ".control", static_folder=None)
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    secret_file = control.secret_path(settings)
+    secret_file = RunDir(settings).secret
 
     @app.before_request
     def check_secret() -> None:

@@ -27,7 +27,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
 
 def spec(settings: Settings) -> dict[str, Any]:
     g = settings.gateway
-    keyed: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}] if g["api_key"] else []
+    keyed: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}] if g.api_key else []
     result = {
         "type": "object",
         "properties": {
@@ -55,7 +55,7 @@ def spec(settings: Settings) -> dict[str, Any]:
             {
                 "type": "object",
                 "required": ["text"],
-                "properties": {"text": {"type": "string", "maxLength": g["max_text_chars"]}},
+                "properties": {"text": {"type": "string", "maxLength": g.max_text_chars}},
             },
             {
                 "type": "object",
@@ -64,8 +64,8 @@ def spec(settings: Settings) -> dict[str, Any]:
                     "texts": {
                         "type": "array",
                         "minItems": 1,
-                        "maxItems": g["max_texts"],
-                        "items": {"type": "string", "maxLength": g["max_text_chars"]},
+                        "maxItems": g.max_texts,
+                        "items": {"type": "string", "maxLength": g.max_text_chars},
                     }
                 },
             },
@@ -89,7 +89,7 @@ def spec(settings: Settings) -> dict[str, Any]:
                         {
                             "name": "X-Deadline-Ms",
                             "in": "header",
-                            "schema": {"type": "integer", "maximum": g["deadline_ms"]},
+                            "schema": {"type": "integer", "maximum": g.deadline_ms},
                             "description": "ask for a shorter primary deadline",
                         },
                         {"name": "X-Request-ID", "in": "header", "schema": {"type": "string"}},

@@ -27,12 +27,13 @@ from types import FrameType
 
 from waitress.server import BaseWSGIServer, MultiSocketServer, create_server
 
-from sentiguard import control
 from sentiguard import settings as settings_mod
 from sentiguard.errors import ExitCode, ModelLoadError, SettingsError
 from sentiguard.gateway.app import create_app, gateway_of
 from sentiguard.gateway.control_app import create_control_app
 from sentiguard.logs import log_event
+from sentiguard.runtime import control
+from sentiguard.runtime.paths import RunDir
 
 DRAIN_POLL_S = 0.05
 
@@ -50,20 +51,20 @@ class GatewayServer:
         # ours so the app answers in the JSON error shape.
         self.public: BaseWSGIServer | MultiSocketServer = create_server(
             self.app,
-            host=g["host"],
-            port=g["port"],
-            threads=g["threads"],
-            connection_limit=max(1000, 4 * g["threads"]),
-            max_request_body_size=4 * g["max_body_bytes"] + 65536,
+            host=g.host,
+            port=g.port,
+            threads=g.threads,
+            connection_limit=max(1000, 4 * g.threads),
+            max_request_body_size=4 * g.max_body_bytes + 65536,
             ident="sentiguard",
             expose_tracebacks=False,
         )
         self.control = self._control_server()
 
     def _control_server(self) -> BaseWSGIServer | MultiSocketServer:
-        path = control.socket_path(self.settings)
+        path = RunDir(self.settings).control_socket
         path.parent.mkdir(parents=True, exist_ok=True)
-        if not control.secret_path(self.settings).exists():
+        if not RunDir(self.settings).secret.exists():
             control.new_secret(self.settings)  # standalone run, without `sentiguard up`
         app = create_control_app(self.settings, self.gateway.state, self.gateway.log)
         # umask closes the window between bind() and waitress's chmod to 0600.
@@ -83,9 +84,9 @@ class GatewayServer:
         self.gateway.log(
             "gateway_started",
             pid=os.getpid(),
-            host=self.settings.get("gateway.host"),
+            host=self.settings.gateway.host,
             port=self.port,
-            control=str(control.socket_path(self.settings)),
+            control=str(RunDir(self.settings).control_socket),
             workers=[w.name for w in self.gateway.state.pool.workers],
             fallback_version=self.gateway.state.fallback.version,
         )
@@ -101,7 +102,7 @@ class GatewayServer:
         state = self.gateway.state
         state.shutting_down.set()
         self._stop_accepting()
-        timeout = float(self.settings.get("service.graceful_timeout_s"))
+        timeout = float(self.settings.service.graceful_timeout_s)
         deadline = time.monotonic() + timeout
         while state.active_requests and time.monotonic() < deadline:
             time.sleep(DRAIN_POLL_S)
@@ -115,7 +116,7 @@ class GatewayServer:
         # No gateway.close(): the process ends right after (exit_now), and its poller
         # threads are daemons. Joining them would wait out a /ready poll to a worker that
         # is stopping at the same time, past supervisord's stopwaitsecs, into a SIGKILL.
-        control.socket_path(self.settings).unlink(missing_ok=True)
+        RunDir(self.settings).control_socket.unlink(missing_ok=True)
         return ExitCode.OK
 
     def _stop_accepting(self) -> None:
@@ -155,7 +156,7 @@ def main() -> int:
         log_event("gateway_bind_failed", reason=str(e))
         print(
             f"sentiguard gateway: cannot listen: {e}. Hint: is another process on port "
-            f"{settings.get('gateway.port')}? Choose another with SENTIGUARD_GATEWAY_PORT.",
+            f"{settings.gateway.port}? Choose another with SENTIGUARD_GATEWAY_PORT.",
             file=sys.stderr,
         )
         return ExitCode.ERROR

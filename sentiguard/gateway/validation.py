@@ -31,7 +31,7 @@ class Limits:
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
         g = settings.gateway
-        return cls(g["max_body_bytes"], g["max_json_depth"], g["max_texts"], g["max_text_chars"])
+        return cls(g.max_body_bytes, g.max_json_depth, g.max_texts, g.max_text_chars)
 
 
 @dataclass(frozen=True)

@@ -89,12 +89,12 @@ class WorkerPool:
     """The workers and the lock that keeps `in_flight` and the choice of worker consistent."""
 
     def __init__(self, settings: Settings) -> None:
-        base = settings.get("primary.base_port")
-        open_s = settings.get("gateway.breaker_open_s")
-        self.max_in_flight: int = settings.get("gateway.max_in_flight_per_worker")
+        base = settings.primary.base_port
+        open_s = settings.gateway.breaker_open_s
+        self.max_in_flight: int = settings.gateway.max_in_flight_per_worker
         self.workers = [
             Worker(index=i, port=base + i, breaker=Breaker(open_s))
-            for i in range(settings.get("primary.workers"))
+            for i in range(settings.primary.workers)
         ]
         self._lock = threading.Lock()
         self._turn = 0

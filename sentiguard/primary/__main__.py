@@ -38,7 +38,7 @@ class WorkerProcess:
         self.settings = settings
         self.index = index
         self.name = f"primary_{index}"
-        self.port = settings.get("primary.base_port") + index
+        self.port = settings.primary.base_port + index
         self.state = WorkerState(settings, index, self._log)
         self._stop = threading.Event()
         self._ignored_signals = 0
@@ -60,7 +60,7 @@ class WorkerProcess:
         signal.signal(signal.SIGINT, self._on_signal)
         # Yield the CPU to the gateway (see primary.nice): under overload it must keep
         # routing and answering from the fallback while the workers saturate the cores.
-        os.nice(self.settings.get("primary.nice"))
+        os.nice(self.settings.primary.nice)
         server = self._serve()
         if server is None:
             return ExitCode.ERROR
@@ -83,7 +83,7 @@ class WorkerProcess:
                 app,
                 host="127.0.0.1",
                 port=self.port,
-                threads=self.settings.get("primary.server_threads"),
+                threads=self.settings.primary.server_threads,
                 ident="sentiguard-primary",
             )
         except OSError as e:
@@ -103,7 +103,7 @@ class WorkerProcess:
         from sentiguard.primary import model as model_mod
 
         t0 = time.perf_counter()
-        backend = self.settings.get("primary.backend")
+        backend = self.settings.primary.backend
         try:
             model_mod.preflight(self.settings)  # a missing file fails now, not after imports
             model_mod.import_backend(backend)
@@ -145,7 +145,7 @@ class WorkerProcess:
             load_s=round(t2 - t1, 2),
             probe_ms=probe_ms,
             batch_lanes=self.state.batcher.lanes if self.state.batcher else None,
-            torch_threads=self.settings.get("primary.torch_threads"),
+            torch_threads=self.settings.primary.torch_threads,
             **memory_mb(),
         )
         return None
@@ -158,7 +158,7 @@ class WorkerProcess:
             cause=e.cause,
             fix=fix,
             reason=message,
-            model=self.settings.get("primary.model"),
+            model=self.settings.primary.model,
             exit_code=int(ExitCode.MODEL_LOAD_ERROR),
         )
         return ExitCode.MODEL_LOAD_ERROR
@@ -167,7 +167,7 @@ class WorkerProcess:
         """Stop taking work, let in-flight requests finish up to the deadline, exit 0."""
         state = self.state
         state.draining = True
-        deadline = time.monotonic() + max(1.0, self.settings.get("service.graceful_timeout_s") - 2)
+        deadline = time.monotonic() + max(1.0, self.settings.service.graceful_timeout_s - 2)
         self._log("worker_stopping", in_flight=state.in_flight)
         while state.in_flight and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -31,6 +31,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sentiguard.errors import ModelLoadError
+from sentiguard.runtime.paths import RunDir
+from sentiguard.settings import load as load_settings
+from sentiguard.settings import project_path
 
 if TYPE_CHECKING:
     import torch
@@ -75,20 +78,13 @@ class ModelSource:
     hub_id: str | None
 
 
-def reload_model_path(settings: Settings) -> Path:
-    """`<run_dir>/primary_model`: one line, written by `sentiguard reload`, naming the model
-    (directory or hub id) every worker start loads instead of primary.model until the
-    next `sentiguard up` removes it."""
-    return settings.path("service.run_dir") / "primary_model"
-
-
 def with_reload_override(settings: Settings) -> Settings:
     """The settings a worker serves with: a model chosen by `sentiguard reload` wins."""
     try:
-        model = reload_model_path(settings).read_text(encoding="utf-8").strip()
+        model = RunDir(settings).reload_model.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         return settings
-    return settings.with_overrides({"primary.model": model}) if model else settings
+    return load_settings(base=settings, overrides={"primary.model": model}) if model else settings
 
 
 def resolve_source(settings: Settings) -> ModelSource:
@@ -98,8 +94,8 @@ def resolve_source(settings: Settings) -> ModelSource:
     relative path such as "models/primary" as a hub id too (one slash), so the worker
     always hands it an absolute path.
     """
-    name = str(settings.get("primary.model"))
-    path = settings.path("primary.model")
+    name = settings.primary.model
+    path = project_path(name)
     if path.exists() or Path(name).is_absolute() or not HUB_ID.match(name):
         return ModelSource(name, path, None)
     return ModelSource(name, None, name)
@@ -328,19 +324,19 @@ def _quiet_libraries() -> None:
 
 def batch_lanes(settings: Settings) -> int:
     """primary.batch_lanes, or (0) this worker's share of the CPUs it may run on."""
-    lanes: int = settings.get("primary.batch_lanes")
+    lanes: int = settings.primary.batch_lanes
     if lanes:
         return lanes
-    return max(1, len(os.sched_getaffinity(0)) // settings.get("primary.workers"))
+    return max(1, len(os.sched_getaffinity(0)) // settings.primary.workers)
 
 
 def load_model(settings: Settings) -> PrimaryModel:
     """Load the configured primary model; raise ModelLoadError naming cause and fix."""
     source = preflight(settings)
-    import_backend(settings.get("primary.backend"))
+    import_backend(settings.primary.backend)
     import torch
 
-    torch.set_num_threads(settings.get("primary.torch_threads"))
+    torch.set_num_threads(settings.primary.torch_threads)
     directory = _fetch(source) if source.hub_id else source.local_dir
     assert directory is not None
     if source.hub_id:
@@ -401,16 +397,16 @@ def _check_directory(directory: Path) -> None:
 
 
 def _build(settings: Settings, source: ModelSource, directory: Path) -> PrimaryModel:
-    seq = settings.get("primary.sequence_length")
+    seq = settings.primary.sequence_length
     version = f"{source.name}@{weights_sha256(directory)[:12]}"
     common: dict[str, Any] = {
         "name": source.name,
         "version": version,
         "sequence_length": seq,
-        "long_text": settings.get("primary.long_text"),
-        "max_batch": settings.get("primary.max_batch_size"),
+        "long_text": settings.primary.long_text,
+        "max_batch": settings.primary.max_batch_size,
     }
-    if settings.get("primary.backend") == "transformers":
+    if settings.primary.backend == "transformers":
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         hf = AutoModelForSequenceClassification.from_pretrained(str(directory)).eval()

@@ -65,8 +65,8 @@ class WorkerState:
         self.model = model
         self.batcher = Batcher(
             self.faults.slowed(model.predict),
-            self.settings.get("primary.max_batch_size"),
-            self.settings.get("primary.max_batch_wait_ms"),
+            self.settings.primary.max_batch_size,
+            self.settings.primary.max_batch_wait_ms,
             batch_lanes(self.settings),
         ).start()
 
@@ -108,8 +108,8 @@ def _texts(body: Any, settings: Settings) -> list[str]:
     if not isinstance(body, dict) or not isinstance(body.get("texts"), list):
         raise BadRequest('the body must be JSON like {"texts": ["..."]}', code="invalid_body")
     texts = body["texts"]
-    most = settings.get("gateway.max_texts")
-    longest = settings.get("gateway.max_text_chars")
+    most = settings.gateway.max_texts
+    longest = settings.gateway.max_text_chars
     if not texts or len(texts) > most:
         raise BadRequest(f"send 1 to {most} texts (got {len(texts)})", code="too_many_texts")
     for i, text in enumerate(texts):
@@ -199,7 +199,7 @@ def create_app(worker: WorkerState) -> Flask:
         }
         return jsonify(body), 200 if passed else 503
 
-    if worker.settings.get("faults.enabled"):
+    if worker.settings.faults.enabled:
 
         @app.post("/_fault")
         def fault() -> Any:

@@ -601,7 +601,7 @@ def train_command(
     With --data: train on the whole file (nothing is held out; score another file with
     `sentiguard eval --model primary --data FILE`).
     """
-    target = Path(out) if out else settings.path("primary.model")
+    target = Path(out) if out else settings.primary.model_dir
     if data is None:
         parts = split()
         train_set, heldout = parts.train, parts.heldout

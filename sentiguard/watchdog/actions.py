@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import Any
 
 from sentiguard.logs import EventLog, now_iso
-from sentiguard.watchdog import reload
+from sentiguard.runtime import reload
 from sentiguard.watchdog.drain import GatewayLink
 from sentiguard.watchdog.policy import Action, Cause, Decision, Phase, Policy, WorkerRecord
 from sentiguard.watchdog.recycle import Recycler, StartOutcome

@@ -10,21 +10,17 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
+from sentiguard.runtime.paths import RunDir
 from sentiguard.settings import Settings
 
 Counts = dict[str, dict[str, int]]  # worker -> cause -> restarts
 
 
-def counts_path(settings: Settings) -> Path:
-    return settings.path("service.run_dir") / "watchdog_restarts.json"
-
-
 def load(settings: Settings, supervisord_pid: int) -> Counts:
     """The saved counts of this supervisord's run, or {} (none, unreadable, or older run)."""
     try:
-        data = json.loads(counts_path(settings).read_text(encoding="utf-8"))
+        data = json.loads(RunDir(settings).restart_counts.read_text(encoding="utf-8"))
         if int(data["supervisord_pid"]) != supervisord_pid:
             return {}
         return {
@@ -36,7 +32,7 @@ def load(settings: Settings, supervisord_pid: int) -> Counts:
 
 
 def save(settings: Settings, supervisord_pid: int, counts: Counts) -> None:
-    path = counts_path(settings)
+    path = RunDir(settings).restart_counts
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     tmp.write_text(json.dumps({"supervisord_pid": supervisord_pid, "restarts": counts}))

@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sentiguard.control import ControlClient
 from sentiguard.logs import EventLog
+from sentiguard.runtime.control import ControlClient
 from sentiguard.settings import Settings
 
 Body = dict[str, Any]

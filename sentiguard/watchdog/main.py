@@ -29,8 +29,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from sentiguard.logs import EventLog
+from sentiguard.runtime import memory, reload
+from sentiguard.runtime.paths import RunDir
 from sentiguard.settings import Settings
-from sentiguard.watchdog import counters, memory, reload
+from sentiguard.watchdog import counters
 from sentiguard.watchdog.actions import WorkerActions, exit_reason
 from sentiguard.watchdog.drain import GatewayLink
 from sentiguard.watchdog.policy import (
@@ -54,7 +56,7 @@ DECISIONS_KEPT = 20
 
 
 def decision_log(settings: Settings) -> EventLog:
-    return EventLog(path=settings.path("service.log_dir") / "watchdog.jsonl")
+    return EventLog(path=RunDir(settings).watchdog_log)
 
 
 class Watchdog(WorkerActions):
@@ -80,9 +82,9 @@ class Watchdog(WorkerActions):
     ) -> None:
         self.settings = settings
         self.policy = Policy(settings)
-        self.interval_s = float(settings.get("watchdog.interval_s"))
-        self.probe_timeout_s = float(settings.get("watchdog.probe_timeout_ms")) / 1000
-        self.drain_timeout_s = float(settings.get("watchdog.drain_timeout_s"))
+        self.interval_s = settings.watchdog.interval_s
+        self.probe_timeout_s = float(settings.watchdog.probe_timeout_ms) / 1000
+        self.drain_timeout_s = settings.watchdog.drain_timeout_s
         self.log = log or decision_log(settings)
         self.supervisor = supervisor or SupervisorClient(settings)
         self.gateway = gateway or GatewayLink(settings, self.log)
@@ -103,7 +105,7 @@ class Watchdog(WorkerActions):
         self._decisions_lock = threading.Lock()
         self.probes: dict[str, tuple[int, float, Future[ProbeResult]]] = {}
         # One outstanding probe per worker: a thread each, so no hung probe waits for another.
-        workers = int(settings.get("primary.workers"))
+        workers = settings.primary.workers
         self.pool = ThreadPoolExecutor(max_workers=workers + 2, thread_name_prefix="probe")
         self.actions: dict[str, threading.Thread] = {}
         self._supervisor_ok: bool | None = None

@@ -27,8 +27,8 @@ from enum import StrEnum
 from typing import Any
 
 from sentiguard.errors import ExitCode
+from sentiguard.runtime.memory import MemorySample
 from sentiguard.settings import Settings
-from sentiguard.watchdog.memory import MemorySample
 from sentiguard.watchdog.probe import ProbeResult
 
 # A loading worker burns CPU (imports, weights); a stuck one does not. One CPU-second per
@@ -130,15 +130,15 @@ class Policy:
 
     def __init__(self, settings: Settings) -> None:
         w = settings.watchdog
-        self.memory_limit_mb = float(w["memory_limit_mb"])
-        self.memory_critical_mb = float(w["memory_critical_mb"])
-        self.memory_samples = int(w["memory_samples"])
-        self.probe_budget_ms = float(w["probe_budget_ms"])
-        self.probe_failures = int(w["probe_failures"])
-        self.start_timeout_s = float(w["start_timeout_s"])
-        self.backoff_initial_s = float(w["backoff_initial_s"])
-        self.backoff_max_s = float(w["backoff_max_s"])
-        self.park_retry_s = float(w["park_retry_s"])
+        self.memory_limit_mb = float(w.memory_limit_mb)
+        self.memory_critical_mb = float(w.memory_critical_mb)
+        self.memory_samples = int(w.memory_samples)
+        self.probe_budget_ms = float(w.probe_budget_ms)
+        self.probe_failures = int(w.probe_failures)
+        self.start_timeout_s = float(w.start_timeout_s)
+        self.backoff_initial_s = float(w.backoff_initial_s)
+        self.backoff_max_s = float(w.backoff_max_s)
+        self.park_retry_s = float(w.park_retry_s)
 
     def new_backoff(self) -> Backoff:
         return Backoff(self.backoff_initial_s, self.backoff_max_s)

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sentiguard.runtime.memory import kill_tree
 from sentiguard.settings import Settings
-from sentiguard.watchdog.memory import kill_tree
 from sentiguard.watchdog.probe import Readiness, probe_ready
 from sentiguard.watchdog.supervisor_client import (
     ProcessState,
@@ -28,7 +28,7 @@ from sentiguard.watchdog.supervisor_client import (
 def worker_port(settings: Settings, name: str) -> int:
     """primary_I listens on primary.base_port + I (docs/internals.md)."""
     index = int(name.rsplit("_", 1)[-1])
-    return int(settings.get("primary.base_port")) + index
+    return settings.primary.base_port + index
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The watchdog's typed view of supervisord's XML-RPC interface.
 
-XML-RPC over `<run_dir>/supervisor.sock` (`sentiguard.supervisord.socket_path`) with a
+XML-RPC over `<run_dir>/supervisor.sock` (`sentiguard.runtime.supervisord.socket_path`) with a
 timeout: supervisor's own transport has none, and a stuck call must not stall the loop.
 Every call opens its own proxy and closes it, so the watchdog's action threads may call
 concurrently; a unix-socket connection costs next to nothing.
@@ -17,8 +17,8 @@ from enum import StrEnum
 from typing import Any
 
 from sentiguard.errors import SentiguardError
+from sentiguard.runtime.supervisord import rpc
 from sentiguard.settings import Settings
-from sentiguard.supervisord import rpc
 
 WORKER_GROUP = "primary"
 

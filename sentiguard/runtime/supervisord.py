@@ -30,8 +30,9 @@ import xmlrpc.client
 from pathlib import Path
 from typing import Any
 
-from sentiguard.control import UnixHTTPConnection
 from sentiguard.errors import SettingsError
+from sentiguard.runtime.net import UnixHTTPConnection
+from sentiguard.runtime.paths import RunDir
 from sentiguard.settings import ROOT, Settings
 
 # Start order (lowest first); supervisord stops in the reverse order, so the watchdog stops
@@ -40,33 +41,13 @@ PRIORITY = {"gateway": 100, "primary": 200, "watchdog": 300}
 PROGRAMS = tuple(PRIORITY)
 
 
-def run_dir(settings: Settings) -> Path:
-    return settings.path("service.run_dir")
-
-
-def log_dir(settings: Settings) -> Path:
-    return settings.path("service.log_dir")
-
-
-def socket_path(settings: Settings) -> Path:
-    return run_dir(settings) / "supervisor.sock"
-
-
-def conf_path(settings: Settings) -> Path:
-    return run_dir(settings) / "supervisord.conf"
-
-
-def pid_path(settings: Settings) -> Path:
-    return run_dir(settings) / "supervisord.pid"
-
-
 def stop_wait_s(settings: Settings) -> int:
     """Seconds supervisord waits for one program to stop before SIGKILL.
 
     Groups stop one after another, so three of these plus a margin fit in the graceful
     timeout that `up` enforces as a hard deadline.
     """
-    return max(1, (int(settings.get("service.graceful_timeout_s")) - 1) // len(PROGRAMS))
+    return max(1, (settings.service.graceful_timeout_s - 1) // len(PROGRAMS))
 
 
 def _ini_value(text: str) -> str:
@@ -112,12 +93,12 @@ def _command(module: str, *args: str) -> str:
 
 def render_supervisord_conf(settings: Settings) -> str:
     """The supervisord config for these settings (written to `<run_dir>/supervisord.conf`)."""
-    logs = log_dir(settings)
-    log_bytes = f"{int(settings.get('service.log_max_mb'))}MB"
-    backups = int(settings.get("service.log_backups"))
+    logs = RunDir(settings).logs
+    log_bytes = f"{int(settings.service.log_max_mb)}MB"
+    backups = settings.service.log_backups
     environment = _environment(settings)
     stopwait = stop_wait_s(settings)
-    sock = _ini_value(str(socket_path(settings)))
+    sock = _ini_value(str(RunDir(settings).supervisor_socket))
 
     def program(name: str, command: str, log_name: str, **extra: Any) -> list[str]:
         lines = [
@@ -154,7 +135,7 @@ def render_supervisord_conf(settings: Settings) -> str:
         f"logfile_maxbytes = {log_bytes}",
         f"logfile_backups = {backups}",
         "loglevel = info",
-        f"pidfile = {_ini_value(str(pid_path(settings)))}",
+        f"pidfile = {_ini_value(str(RunDir(settings).supervisord_pid))}",
         f"childlogdir = {_ini_value(str(logs))}",
         "nodaemon = true",
         # As root, supervisord warns that it drops no privileges unless told whom to run as.
@@ -182,7 +163,7 @@ def render_supervisord_conf(settings: Settings) -> str:
             "PROCESS_NUM", "%(process_num)d"
         ),
         "%(program_name)s_%(process_num)d.log",
-        numprocs=int(settings.get("primary.workers")),
+        numprocs=settings.primary.workers,
         numprocs_start=0,
         process_name="%(program_name)s_%(process_num)d",
         autorestart="false",
@@ -227,5 +208,6 @@ def rpc(settings: Settings, timeout: float = 5.0) -> Any:
     listening on `<run_dir>/supervisor.sock`.
     """
     return xmlrpc.client.ServerProxy(
-        "http://localhost/RPC2", transport=_UnixTransport(socket_path(settings), timeout)
+        "http://localhost/RPC2",
+        transport=_UnixTransport(RunDir(settings).supervisor_socket, timeout),
     )

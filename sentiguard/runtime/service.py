@@ -28,13 +28,12 @@ from typing import Any
 
 import psutil
 
-from sentiguard import control
-from sentiguard import supervisord as sv
 from sentiguard.errors import ExitCode, SentiguardError
 from sentiguard.logs import format_event
-from sentiguard.primary.model import reload_model_path
+from sentiguard.runtime import control
+from sentiguard.runtime import supervisord as sv
+from sentiguard.runtime.paths import RunDir
 from sentiguard.settings import Settings
-from sentiguard.watchdog.reload import lock_path as reload_lock_path
 
 PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 POLL_S = 0.5
@@ -96,8 +95,8 @@ def preflight(settings: Settings) -> None:
 
     Raises ServiceError naming the conflict and the fix.
     """
-    run = sv.run_dir(settings)
-    sock = sv.socket_path(settings)
+    run = RunDir(settings).root
+    sock = RunDir(settings).supervisor_socket
     if unix_socket_live(sock):
         raise ServiceError(
             f"another sentiguard is already running from {run} (supervisord answers on "
@@ -105,17 +104,17 @@ def preflight(settings: Settings) -> None:
             f"or start this one with another service.run_dir."
         )
     # Left behind by a supervisord or gateway that was killed: nobody answers on them.
-    for stale in (sock, control.socket_path(settings)):
+    for stale in (sock, RunDir(settings).control_socket):
         if stale.exists() and not unix_socket_live(stale):
             stale.unlink()
-    host, port = settings.get("gateway.host"), int(settings.get("gateway.port"))
+    host, port = settings.gateway.host, settings.gateway.port
     if not port_free(host, port):
         raise ServiceError(
             f"port {port} on {host} is already in use{_holder(port)}. Hint: stop that "
             f"process, or choose another port with `sentiguard up --port P` "
             f"(or SENTIGUARD_GATEWAY_PORT)."
         )
-    base, workers = int(settings.get("primary.base_port")), int(settings.get("primary.workers"))
+    base, workers = settings.primary.base_port, settings.primary.workers
     for index in range(workers):
         if not port_free("127.0.0.1", base + index):
             raise ServiceError(
@@ -148,14 +147,14 @@ def _say(event: str, **fields: Any) -> None:
 
 def _gateway_host(settings: Settings) -> str:
     """Where a local client reaches the gateway: loopback when it binds every address."""
-    host = str(settings.get("gateway.host"))
+    host = settings.gateway.host
     return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
 
 
 def _public_url(settings: Settings, path: str) -> str:
     host = _gateway_host(settings)
     host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{settings.get('gateway.port')}{path}"
+    return f"http://{host}:{settings.gateway.port}{path}"
 
 
 def _get_json(settings: Settings, path: str, timeout: float) -> tuple[int, Any]:
@@ -165,11 +164,11 @@ def _get_json(settings: Settings, path: str, timeout: float) -> tuple[int, Any]:
     set in the operator's environment.
     """
     headers = {}
-    key = settings.get("gateway.api_key")
+    key = settings.gateway.api_key
     if key:
         headers["Authorization"] = f"Bearer {key}"
     conn = http.client.HTTPConnection(
-        _gateway_host(settings), int(settings.get("gateway.port")), timeout=timeout
+        _gateway_host(settings), settings.gateway.port, timeout=timeout
     )
     try:
         conn.request("GET", path, headers=headers)
@@ -190,7 +189,7 @@ class Runner:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.graceful_s = float(settings.get("service.graceful_timeout_s"))
+        self.graceful_s = float(settings.service.graceful_timeout_s)
         self.stop_signal: int | None = None
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -199,7 +198,7 @@ class Runner:
         self.stop_signal = signum
 
     def run(self) -> int:
-        conf = sv.conf_path(self.settings)
+        conf = RunDir(self.settings).supervisord_conf
         previous = {
             s: signal.signal(s, self.on_signal)
             for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -244,7 +243,7 @@ class Runner:
         _say(
             "supervisord_exited",
             exit_code=code,
-            fix=f"read {sv.log_dir(self.settings) / 'supervisord.log'}",
+            fix=f"read {RunDir(self.settings).log('supervisord')}",
         )
         return ExitCode.ERROR
 
@@ -300,22 +299,22 @@ def up(settings: Settings) -> int:
     except ServiceError as e:
         print(f"sentiguard: {e}", file=sys.stderr)
         return ExitCode.ERROR
-    run, logs = sv.run_dir(settings), sv.log_dir(settings)
+    run, logs = RunDir(settings).root, RunDir(settings).logs
     run.mkdir(parents=True, exist_ok=True)
     logs.mkdir(parents=True, exist_ok=True)
     os.chmod(run, 0o700)
     # A model chosen by `sentiguard reload` lasts until the next `up`, which serves the
     # configured one again; a reload cut short by the last stop leaves nothing behind.
-    for leftover in (reload_model_path(settings), reload_lock_path(settings)):
+    for leftover in (RunDir(settings).reload_model, RunDir(settings).reload_lock):
         leftover.unlink(missing_ok=True)
     control.new_secret(settings)
-    _write_private(sv.conf_path(settings), sv.render_supervisord_conf(settings))
+    _write_private(RunDir(settings).supervisord_conf, sv.render_supervisord_conf(settings))
     _become_subreaper()
     _say(
         "starting",
         url=_public_url(settings, "/"),
-        workers=settings.get("primary.workers"),
-        config=str(sv.conf_path(settings)),
+        workers=settings.primary.workers,
+        config=str(RunDir(settings).supervisord_conf),
         logs=str(logs),
         stop="Ctrl-C or `sentiguard down`",
     )
@@ -327,7 +326,7 @@ def up(settings: Settings) -> int:
 
 def _not_running(settings: Settings) -> str:
     return (
-        f"sentiguard is not running (no supervisord on {sv.socket_path(settings)}). "
+        f"sentiguard is not running (no supervisord on {RunDir(settings).supervisor_socket}). "
         f"Hint: start it with `sentiguard up`; if it runs with another config, pass the "
         f"same --config here."
     )
@@ -350,7 +349,7 @@ def down(settings: Settings) -> int:
             watched.append(psutil.Process(p))
     # supervisord stops each group within its stopwaitsecs; give it the graceful timeout
     # plus a margin, then kill what is left so `down` never leaves orphans behind.
-    timeout = float(settings.get("service.graceful_timeout_s")) + 2.0
+    timeout = float(settings.service.graceful_timeout_s) + 2.0
     _, alive = psutil.wait_procs(watched, timeout=timeout)
     if alive:
         print(
@@ -471,7 +470,7 @@ def status(settings: Settings, as_json: bool = False) -> int:
         else:
             print(
                 f"sentiguard: supervisord is running but the gateway does not answer on {url} "
-                f"({e}). Hint: read {sv.log_dir(settings) / 'gateway.log'}. Programs:\n  "
+                f"({e}). Hint: read {RunDir(settings).log('gateway')}. Programs:\n  "
                 + "\n  ".join(states),
                 file=sys.stderr,
             )
@@ -482,7 +481,7 @@ def status(settings: Settings, as_json: bool = False) -> int:
     if as_json:
         print(json.dumps(body, ensure_ascii=False, indent=2))
         return ExitCode.OK
-    decisions = last_decisions(sv.log_dir(settings) / "watchdog.jsonl")
+    decisions = last_decisions(RunDir(settings).watchdog_log)
     print(render_status(body, decisions))
     return ExitCode.OK
 
@@ -492,6 +491,6 @@ def status(settings: Settings, as_json: bool = False) -> int:
 
 def reload(settings: Settings, model: str | None = None) -> int:
     """Move the workers to `model` one at a time (the watchdog's reload does the work)."""
-    from sentiguard.watchdog.reload import reload as watchdog_reload
+    from sentiguard.runtime.reload import reload as watchdog_reload
 
     return int(watchdog_reload(settings, model))

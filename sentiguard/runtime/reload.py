@@ -34,7 +34,7 @@ import psutil
 
 from sentiguard.errors import ExitCode
 from sentiguard.logs import EventLog
-from sentiguard.primary.model import reload_model_path
+from sentiguard.runtime.paths import RunDir, write_atomic
 from sentiguard.settings import ROOT, Settings
 from sentiguard.watchdog.drain import GatewayLink
 from sentiguard.watchdog.policy import START_CAP_FACTOR
@@ -51,14 +51,10 @@ class ReloadLock:
     drain: bool = False
 
 
-def lock_path(settings: Settings) -> Path:
-    return settings.path("service.run_dir") / "reload.lock"
-
-
 def read_lock(settings: Settings) -> ReloadLock | None:
     """The reload in progress, or None (no lock, unreadable, or its process is gone)."""
     try:
-        data = json.loads(lock_path(settings).read_text(encoding="utf-8"))
+        data = json.loads(RunDir(settings).reload_lock.read_text(encoding="utf-8"))
         lock = ReloadLock(
             pid=int(data["pid"]),
             model=str(data.get("model", "")),
@@ -70,15 +66,8 @@ def read_lock(settings: Settings) -> ReloadLock | None:
     return lock if psutil.pid_exists(lock.pid) else None
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)  # readers see the old file or the new one, never half of one
-
-
 def write_lock(settings: Settings, lock: ReloadLock) -> None:
-    _write_atomic(lock_path(settings), json.dumps(lock.__dict__))
+    write_atomic(RunDir(settings).reload_lock, json.dumps(lock.__dict__))
 
 
 def resolve_model(model: str) -> str:
@@ -108,8 +97,8 @@ class Reload:
         self.recycler = Recycler(settings, self.supervisor, self.stop)
         # An operator is watching and a slow load is not a failure: wait as long as the
         # watchdog lets a start that is still making progress run.
-        self.start_timeout_s = float(settings.get("watchdog.start_timeout_s")) * START_CAP_FACTOR
-        self.drain_timeout_s = float(settings.get("watchdog.drain_timeout_s"))
+        self.start_timeout_s = settings.watchdog.start_timeout_s * START_CAP_FACTOR
+        self.drain_timeout_s = settings.watchdog.drain_timeout_s
         self.version: str | None = None
 
     def lock(self, worker: str | None, drain: bool) -> None:
@@ -186,9 +175,9 @@ class Reload:
         if not names:
             _say("reload: supervisord runs no primary workers. Hint: check `sentiguard status`.")
             return ExitCode.ERROR
-        path = reload_model_path(self.settings)
+        path = RunDir(self.settings).reload_model
         previous = path.read_text(encoding="utf-8") if path.exists() else None
-        _write_atomic(path, self.model + "\n")
+        write_atomic(path, self.model + "\n")
         _say(f"reload: {len(names)} workers to {self.model}, one at a time")
         for index, name in enumerate(names, start=1):
             outcome = self.one(name, index, names)
@@ -208,7 +197,7 @@ class Reload:
             if previous is None:
                 path.unlink(missing_ok=True)
             else:
-                _write_atomic(path, previous)
+                write_atomic(path, previous)
             _say(
                 f"reload: stopped; {name} died on {self.model} (exit status "
                 f"{outcome.exitstatus}) and restarts on the previous model. Not moved: "
@@ -225,17 +214,17 @@ class Reload:
 
 def reload(settings: Settings, model: str | None = None) -> int:
     """Move every worker to `model` (default: primary.model) one at a time; an exit code."""
-    target = resolve_model(model or str(settings.get("primary.model")))
+    target = resolve_model(model or settings.primary.model)
     live = read_lock(settings)
     if live is not None:
         _say(
             f"reload: another reload (pid {live.pid}) is running. Hint: wait for it, or "
-            f"remove {lock_path(settings)} if that process is gone."
+            f"remove {RunDir(settings).reload_lock} if that process is gone."
         )
         return ExitCode.ERROR
     with open(os.devnull, "w", encoding="utf-8") as quiet:
         # Decisions go to the watchdog's log; the terminal gets the progress lines.
-        log = EventLog(stream=quiet, path=settings.path("service.log_dir") / "watchdog.jsonl")
+        log = EventLog(stream=quiet, path=RunDir(settings).watchdog_log)
         job = Reload(settings, target, log)
         try:
             job.lock(None, drain=False)
@@ -244,4 +233,4 @@ def reload(settings: Settings, model: str | None = None) -> int:
             _say(f"reload: {e}")
             return ExitCode.ERROR
         finally:
-            lock_path(settings).unlink(missing_ok=True)
+            RunDir(settings).reload_lock.unlink(missing_ok=True)

@@ -1,0 +1,401 @@
+"""Every setting sentiguard has, declared once: one frozen dataclass per config section.
+
+A field's annotation is its type; `setting(default, help, validator)` gives the rest. The
+loader (`sentiguard.settings.load`) reads these declarations to coerce and validate TOML and
+environment values, and callers read typed attributes: `settings.watchdog.memory_limit_mb`
+is an `int` to mypy and at run time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+Validator = Callable[[Any], str | None]
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+ENV_PREFIX = "SENTIGUARD_"
+
+
+def project_path(value: str | Path) -> Path:
+    """A path setting: relative paths are taken from the project root, not the cwd."""
+    path = Path(value)
+    return path if path.is_absolute() else ROOT / path
+
+
+def env_name(section: str, key: str) -> str:
+    """The environment variable of a setting: SENTIGUARD_<SECTION>_<KEY>."""
+    return f"{ENV_PREFIX}{section.upper()}_{key.upper()}"
+
+
+def setting(default: Any, help: str, validator: Validator | None = None) -> Any:
+    """A declared setting: its default, the help text in conf/ and the README, a validator."""
+    return field(default=default, metadata={"help": help, "validator": validator})
+
+
+def positive(value: Any) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def non_negative(value: Any) -> str | None:
+    return None if value >= 0 else "must be 0 or more"
+
+
+def tcp_port(value: Any) -> str | None:
+    return None if 1 <= value <= 65535 else "must be a TCP port between 1 and 65535"
+
+
+def niceness(value: Any) -> str | None:
+    return None if 0 <= value <= 19 else "must be between 0 and 19"
+
+
+def one_of(*choices: str) -> Validator:
+    def check(value: Any) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(choices)}"
+
+    return check
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """[gateway] the public HTTP API and web UI."""
+
+    host: str = setting(
+        "127.0.0.1",
+        "Address the gateway binds. Anything beyond loopback needs gateway.api_key "
+        "(or gateway.allow_public_without_key for networks already private).",
+    )
+    port: int = setting(
+        5000,
+        "Public HTTP port of the gateway.",
+        tcp_port,
+    )
+    threads: int = setting(
+        96,
+        "Request threads of the gateway's WSGI server. Must exceed the primary and "
+        "fallback capacities together so shedding, not queueing, handles overload.",
+        positive,
+    )
+    deadline_ms: int = setting(
+        1500,
+        "Longest a request waits for a primary worker before the fallback answers it. "
+        "Clients may ask for less with X-Deadline-Ms.",
+        positive,
+    )
+    max_in_flight_per_worker: int = setting(
+        8,
+        "Requests sent to one primary worker at once; more go to another worker or, "
+        "when none has room, to the fallback (reason 'overloaded').",
+        positive,
+    )
+    fallback_capacity: int = setting(
+        64,
+        "Requests the in-process fallback answers at once; beyond it the gateway "
+        "answers 503 with Retry-After.",
+        positive,
+    )
+    retry_after_s: int = setting(
+        1,
+        "Retry-After value on a 503 when load is shed.",
+        positive,
+    )
+    max_texts: int = setting(
+        256,
+        'Most texts in one POST /analyze {"texts": [...]}.',
+        positive,
+    )
+    max_text_chars: int = setting(
+        5000,
+        "Longest single text, in characters.",
+        positive,
+    )
+    max_body_bytes: int = setting(
+        2000000,
+        "Largest request body, in bytes.",
+        positive,
+    )
+    max_json_depth: int = setting(
+        8,
+        "Deepest JSON nesting a request body may have.",
+        positive,
+    )
+    breaker_open_s: float = setting(
+        2.0,
+        "How long a worker's breaker stays open before a half-open probe request.",
+        positive,
+    )
+    log_text: bool = setting(
+        False,
+        "Put the review text into the access log (off: only its length).",
+    )
+    api_key: str = setting(
+        "",
+        "API key clients send as 'Authorization: Bearer KEY' or 'X-API-Key'. Required "
+        "when gateway.host is not loopback.",
+    )
+    allow_public_without_key: bool = setting(
+        False,
+        "Allow binding beyond loopback without an API key, for networks already private.",
+    )
+
+
+@dataclass(frozen=True)
+class Primary:
+    """[primary] the StructBERT workers."""
+
+    model: str = setting(
+        "models/primary",
+        "Model directory (relative to the project) or ModelScope hub id, e.g. "
+        "damo/nlp_structbert_sentiment-classification_chinese-base.",
+    )
+    backend: str = setting(
+        "modelscope",
+        "How the worker loads the model: modelscope (pipeline) or transformers.",
+        one_of("modelscope", "transformers"),
+    )
+    workers: int = setting(
+        2,
+        "Number of primary worker processes.",
+        positive,
+    )
+    base_port: int = setting(
+        5101,
+        "Loopback port of worker 0; worker i listens on base_port + i.",
+        tcp_port,
+    )
+    sequence_length: int = setting(
+        128,
+        "Longest input, in tokens, one forward pass sees.",
+        positive,
+    )
+    long_text: str = setting(
+        "truncate",
+        "Texts longer than sequence_length: truncate (keep the start) or window "
+        "(half-overlapping windows whose probabilities are averaged, twice the cost "
+        "for long texts). On the embedded model truncate scored 0.8318 on the held-"
+        "out split, window 0.8312 (258 vs 257 of its 288 long reviews, `python "
+        "bench/primary.py --long-text`); measure again for another model.",
+        one_of("truncate", "window"),
+    )
+    max_batch_size: int = setting(
+        32,
+        "Most texts coalesced into one forward pass.",
+        positive,
+    )
+    max_batch_wait_ms: float = setting(
+        4.0,
+        "How long the batcher waits for more requests before running a batch.",
+        non_negative,
+    )
+    batch_lanes: int = setting(
+        0,
+        "Batches a worker runs at once, each on its own thread with torch_threads "
+        "threads; 0: the worker's share of the CPUs this process may run on (CPUs // "
+        "primary.workers, at least 1). Set it under a container CPU quota, which the "
+        "CPU count does not show.",
+        non_negative,
+    )
+    torch_threads: int = setting(
+        1,
+        "torch intra-op threads per batch lane. One: two lanes of one thread outran "
+        "one lane of two on two cores (primary/batcher.py).",
+        positive,
+    )
+    server_threads: int = setting(
+        32,
+        "HTTP threads of each worker.",
+        positive,
+    )
+    nice: int = setting(
+        5,
+        "CPU niceness a worker gives itself at start (0-19). Inference is batch work; "
+        "the gateway's routing and fallback answers are the latency-critical path, so "
+        "on shared cores the workers yield to it.",
+        niceness,
+    )
+
+    @property
+    def model_dir(self) -> Path:
+        """The model setting as a local directory (a hub id gives a path that does not exist)."""
+        return project_path(self.model)
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """[fallback] jieba + scikit-learn, in the gateway."""
+
+    model: str = setting(
+        "models/fallback",
+        "Directory of the fallback classifier (made by `sentiguard train fallback`).",
+    )
+
+    @property
+    def model_dir(self) -> Path:
+        """The fallback model's directory."""
+        return project_path(self.model)
+
+
+@dataclass(frozen=True)
+class Watchdog:
+    """[watchdog] memory, hang and crash checks of the workers."""
+
+    interval_s: float = setting(
+        1.0,
+        "Seconds between two rounds of checks.",
+        positive,
+    )
+    memory_limit_mb: int = setting(
+        1200,
+        "A worker whose process tree uses more (USS, else RSS) for memory_samples "
+        "consecutive samples is recycled.",
+        positive,
+    )
+    memory_critical_mb: int = setting(
+        2000,
+        "Above this a worker is recycled even when it is the last one ready.",
+        positive,
+    )
+    memory_samples: int = setting(
+        3,
+        "Consecutive samples over the limit before a recycle.",
+        positive,
+    )
+    probe_timeout_ms: int = setting(
+        1000,
+        "A /health probe slower than this has failed.",
+        positive,
+    )
+    probe_budget_ms: int = setting(
+        500,
+        "Latency budget of the known-answer probe; slower counts as a miss.",
+        positive,
+    )
+    probe_failures: int = setting(
+        3,
+        "Failed probes in a row that mean 'hung'.",
+        positive,
+    )
+    drain_timeout_s: float = setting(
+        3.0,
+        "How long a drained worker may finish in-flight requests before it is stopped.",
+        non_negative,
+    )
+    start_timeout_s: float = setting(
+        60.0,
+        "How long a restarted worker may take to become ready before it counts as failed.",
+        positive,
+    )
+    backoff_initial_s: float = setting(
+        1.0,
+        "First wait before restarting a crashed worker.",
+        non_negative,
+    )
+    backoff_max_s: float = setting(
+        30.0,
+        "Cap of the exponential restart backoff.",
+        positive,
+    )
+    park_retry_s: float = setting(
+        300.0,
+        "A worker that cannot start (bad model) is parked and retried this rarely.",
+        positive,
+    )
+
+
+@dataclass(frozen=True)
+class Service:
+    """[service] processes, files, supervisord."""
+
+    run_dir: str = setting(
+        "run",
+        "Directory for the supervisord socket, pid file, rendered config and secret.",
+    )
+    log_dir: str = setting(
+        "logs",
+        "Directory for logs (rotated by supervisord).",
+    )
+    log_max_mb: int = setting(
+        20,
+        "Size at which a log file rotates.",
+        positive,
+    )
+    log_backups: int = setting(
+        5,
+        "Rotated log files kept.",
+        non_negative,
+    )
+    graceful_timeout_s: int = setting(
+        10,
+        "How long `down` or Ctrl-C waits for processes to stop before killing them.",
+        positive,
+    )
+
+
+@dataclass(frozen=True)
+class Faults:
+    """[faults] test-only fault injection on the worker's loopback port."""
+
+    enabled: bool = setting(
+        False,
+        "Serve POST /_fault on each worker's loopback port (tests only).",
+    )
+
+
+SECTIONS: dict[str, type] = {
+    "gateway": Gateway,
+    "primary": Primary,
+    "fallback": Fallback,
+    "watchdog": Watchdog,
+    "service": Service,
+    "faults": Faults,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every resolved value, one typed object a section: `settings.gateway.port` is an int."""
+
+    gateway: Gateway
+    primary: Primary
+    fallback: Fallback
+    watchdog: Watchdog
+    service: Service
+    faults: Faults
+    # Where each value came from ("default", a file path, "environment VAR", "command line").
+    sources: Mapping[str, str]
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any], sources: Mapping[str, str]) -> Settings:
+        sections = {
+            name: section_cls(
+                **{k.split(".", 1)[1]: v for k, v in values.items() if k.startswith(name + ".")}
+            )
+            for name, section_cls in SECTIONS.items()
+        }
+        return cls(**sections, sources=dict(sources))
+
+    def value(self, name: str) -> Any:
+        """A value by its dotted name, for code that walks every setting (env, docs)."""
+        section, key = name.split(".", 1)
+        return getattr(getattr(self, section), key)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every value by its dotted name, in declaration order."""
+        return {
+            f"{name}.{f.name}": getattr(getattr(self, name), f.name)
+            for name in SECTIONS
+            for f in dataclasses.fields(SECTIONS[name])
+        }
+
+    def as_env(self) -> dict[str, str]:
+        """Every setting as SENTIGUARD_* variables, so child processes resolve the same values."""
+        return {env_name(*n.split(".", 1)): _to_text(v) for n, v in self.as_dict().items()}
+
+
+def _to_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
