@@ -34,12 +34,13 @@ import psutil
 
 from sentiguard.errors import ExitCode
 from sentiguard.logs import EventLog
+from sentiguard.runtime.endpoints import worker_port
 from sentiguard.runtime.paths import RunDir, write_atomic
 from sentiguard.settings import ROOT, Settings
 from sentiguard.watchdog.drain import GatewayLink
 from sentiguard.watchdog.policy import START_CAP_FACTOR
 from sentiguard.watchdog.probe import probe_ready
-from sentiguard.watchdog.recycle import Recycler, StartOutcome, worker_port
+from sentiguard.watchdog.recycle import Recycler, StartOutcome
 from sentiguard.watchdog.supervisor_client import SupervisorClient, SupervisorUnavailable
 
 

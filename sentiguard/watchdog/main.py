@@ -30,6 +30,7 @@ from typing import Any
 
 from sentiguard.logs import EventLog
 from sentiguard.runtime import memory, reload
+from sentiguard.runtime.endpoints import worker_port
 from sentiguard.runtime.paths import RunDir
 from sentiguard.settings import Settings
 from sentiguard.watchdog import counters
@@ -44,7 +45,7 @@ from sentiguard.watchdog.policy import (
     WorkerRecord,
 )
 from sentiguard.watchdog.probe import ProbeResult, Readiness, probe_health, probe_ready
-from sentiguard.watchdog.recycle import Recycler, load_failure, worker_port
+from sentiguard.watchdog.recycle import Recycler, load_failure
 from sentiguard.watchdog.supervisor_client import (
     ProcessInfo,
     ProcessState,

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sentiguard.runtime.endpoints import worker_port
 from sentiguard.runtime.memory import kill_tree
 from sentiguard.settings import Settings
 from sentiguard.watchdog.probe import Readiness, probe_ready
@@ -23,12 +24,6 @@ from sentiguard.watchdog.supervisor_client import (
     SupervisorClient,
     SupervisorUnavailable,
 )
-
-
-def worker_port(settings: Settings, name: str) -> int:
-    """primary_I listens on primary.base_port + I (docs/internals.md)."""
-    index = int(name.rsplit("_", 1)[-1])
-    return settings.primary.base_port + index
 
 
 @dataclass(frozen=True)

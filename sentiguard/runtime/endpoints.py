@@ -1,0 +1,55 @@
+"""Where each process listens: the gateway's public URL and each primary worker's name
+and loopback port. The one place these are derived from the settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sentiguard.runtime.net import client_host, http_url
+from sentiguard.settings import Settings
+
+WORKER_HOST = "127.0.0.1"  # workers bind loopback only: the gateway is the public face
+WORKER_PREFIX = "primary_"  # supervisord's process_name = primary_%(process_num)d
+
+
+@dataclass(frozen=True)
+class WorkerAddress:
+    """Worker `index` is `primary_<index>` on 127.0.0.1:(primary.base_port + index)."""
+
+    index: int
+    name: str
+    port: int
+
+
+def worker_name(index: int) -> str:
+    return f"{WORKER_PREFIX}{index}"
+
+
+def worker_index(name: str) -> int:
+    """The index in a worker's name: `primary_3` -> 3. ValueError for another name."""
+    if not name.startswith(WORKER_PREFIX):
+        raise ValueError(f"{name!r} is not a primary worker name ({WORKER_PREFIX}<index>)")
+    return int(name[len(WORKER_PREFIX) :])
+
+
+def worker(settings: Settings, index: int) -> WorkerAddress:
+    return WorkerAddress(index, worker_name(index), settings.primary.base_port + index)
+
+
+def worker_port(settings: Settings, name: str) -> int:
+    return worker(settings, worker_index(name)).port
+
+
+def workers(settings: Settings) -> list[WorkerAddress]:
+    """Every configured worker, in index order."""
+    return [worker(settings, i) for i in range(settings.primary.workers)]
+
+
+def gateway_client_host(settings: Settings) -> str:
+    """Where a client on this host reaches the gateway (loopback for a wildcard bind)."""
+    return client_host(settings.gateway.host)
+
+
+def gateway_url(settings: Settings, path: str = "") -> str:
+    """The gateway's URL as a client on this host reaches it, e.g. http://127.0.0.1:5000/."""
+    return http_url(gateway_client_host(settings), settings.gateway.port, path)
