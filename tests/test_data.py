@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sentiguard.data import SPLIT_SEED, read_file, split
+from sentiguard.data import SPLIT_SEED, Dataset, read_file, split, split_dataset
 from sentiguard.errors import DataError
 
 
@@ -33,6 +33,37 @@ def test_split_is_deterministic_and_seeded() -> None:
     assert fresh.heldout.sha256() == split().heldout.sha256()
     other = split.__wrapped__(SPLIT_SEED + 1)
     assert other.heldout.texts != fresh.heldout.texts
+
+
+def test_split_keeps_the_heldout_the_committed_models_were_scored_on() -> None:
+    """Both embedded models' manifests record these; a change here changes every figure."""
+    parts = split()
+    assert (len(parts.train), len(parts.heldout)) == (15_627, 1_736)
+    assert parts.heldout.sha256() == (
+        "06ed986e3bc8dd05d5c7a79f574123a8209a3ffe23ed9a4789d073f40f59ea97"
+    )
+    assert parts.train.sha256() == (
+        "f81a1e0115b3bcc29ce37e198683802a576af2d98fcf9891e0429e8dddeb02dd"
+    )
+
+
+def test_split_dataset_follows_the_corpus_rules() -> None:
+    texts = [f"评论{i}" for i in range(100)] + ["重复", "重复", "冲突", "冲突"]
+    labels = [i % 2 for i in range(100)] + [1, 1, 1, 0]
+    parts = split_dataset(Dataset(texts, labels, "t"), seed=1)
+    train, heldout = parts.train, parts.heldout
+    assert not set(train.texts) & set(heldout.texts)
+    assert "冲突" not in train.texts + heldout.texts  # both labels: dropped
+    assert (train.texts + heldout.texts).count("重复") == 1
+    assert (parts.dropped_duplicates, parts.dropped_conflicts) == (2, 1)
+    assert len(heldout) == 10
+    assert (train.source, heldout.source) == ("t train", "t heldout")
+    assert split_dataset(Dataset(texts, labels, "t"), seed=1) == parts
+
+
+def test_a_tiny_file_still_holds_one_text_out() -> None:
+    parts = split_dataset(Dataset(["好", "差", "很好"], [1, 0, 1], "t"), seed=1)
+    assert (len(parts.train), len(parts.heldout)) == (2, 1)
 
 
 def write(tmp_path: Path, name: str, content: str | bytes) -> Path:

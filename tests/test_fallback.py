@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 
 from sentiguard import settings as settings_mod
-from sentiguard.data import Dataset, split
+from sentiguard.data import Dataset, split, split_dataset
 from sentiguard.errors import DataError, ModelLoadError
 from sentiguard.fallback.features import FeatureSpace, char_keys, ngrams
 from sentiguard.fallback.keytable import KeyTable
 from sentiguard.fallback.model import MANIFEST_FILE, MODEL_FILE, FallbackModel
 from sentiguard.fallback.tokenizer import jieba_tokenize, normalize, tokenize
-from sentiguard.fallback.train import split_file, train_and_save
+from sentiguard.training.fallback import train_and_save
 
 SEED = 7
 EDGE_TEXTS = ["", "   ", "ＡＢＣ！好…", "a\x00b\x01c", "\ud800好", "好", "👍👍 很好"]
@@ -169,7 +169,8 @@ def test_load_errors_name_cause_and_fix(tmp_path: Path) -> None:
 
 
 def test_train_and_save_writes_manifest(small: Dataset, tmp_path: Path) -> None:
-    train, heldout = split_file(small, seed=SEED)
+    parts = split_dataset(small, seed=SEED)
+    train, heldout = parts.train, parts.heldout
     manifest = train_and_save(train, heldout, tmp_path / "m", seed=SEED, source={"source": "t"})
     on_disk = json.loads((tmp_path / "m" / MANIFEST_FILE).read_text(encoding="utf-8"))
     assert on_disk == manifest
@@ -183,17 +184,6 @@ def test_train_and_save_writes_manifest(small: Dataset, tmp_path: Path) -> None:
     assert held["n"] == len(heldout) and 0.5 < held["accuracy"] <= 1.0
     assert {"scikit-learn", "numpy", "rjieba", "python"} <= set(manifest["libraries"])
     assert manifest["created"].endswith("Z")
-
-
-def test_split_file_follows_the_corpus_rules() -> None:
-    texts = [f"评论{i}" for i in range(100)] + ["重复", "重复", "冲突", "冲突"]
-    labels = [i % 2 for i in range(100)] + [1, 1, 1, 0]
-    train, heldout = split_file(Dataset(texts, labels, "t"), seed=1)
-    assert not set(train.texts) & set(heldout.texts)
-    assert "冲突" not in train.texts + heldout.texts  # both labels: dropped
-    assert (train.texts + heldout.texts).count("重复") == 1
-    assert len(heldout) == 10
-    assert split_file(Dataset(texts, labels, "t"), seed=1) == (train, heldout)
 
 
 # --- the committed model -----------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Masked-LM pretraining of the embedded primary (sentiguard.primary.pretrain)."""
+"""Masked-LM pretraining of the embedded primary (sentiguard.training.pretrain)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from sentiguard.data import split
-from sentiguard.primary import pretrain as pretrain_mod
-from sentiguard.primary import train as train_mod
 from sentiguard.primary import vocab as vocab_mod
+from sentiguard.training import pretrain as pretrain_mod
+from sentiguard.training import student
+from sentiguard.training.recipe import Recipe
 
 
 def test_peoples_daily_lines_become_words_without_tags_or_brackets(tmp_path: Path) -> None:
@@ -71,14 +72,14 @@ def test_corpus_is_news_then_the_training_reviews_never_the_heldout_ones() -> No
 def test_pretraining_lowers_the_masked_lm_loss(tmp_path: Path) -> None:
     train_texts = split().train.texts[:400]
     tokens = vocab_mod.build_vocab(train_texts)
-    tokenizer = train_mod.make_tokenizer(tokens, tmp_path)
+    tokenizer = student.make_tokenizer(tokens, tmp_path)
     recipe = replace(
-        train_mod.Recipe(layers=1, hidden=64, heads=2, intermediate=128),
+        Recipe(layers=1, hidden=64, heads=2, intermediate=128),
         pretrain_epochs=4,
         pretrain_lr=3e-3,
         limit=256,
     )
-    model = train_mod.build_model(recipe, len(tokens))
+    model = student.build_model(recipe, len(tokens))
     before = model.bert.embeddings.word_embeddings.weight.detach().clone()
     history = pretrain_mod.pretrain(model, tokenizer, train_texts, recipe)
     assert len(history) == 4

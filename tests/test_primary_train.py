@@ -19,12 +19,15 @@ import pytest
 from sentiguard import settings as settings_mod
 from sentiguard.data import split
 from sentiguard.fallback.tokenizer import segment
-from sentiguard.primary import train as train_mod
 from sentiguard.primary import vocab as vocab_mod
+from sentiguard.primary.source import sha256_file
+from sentiguard.training import augment, primary, student
+from sentiguard.training.batches import length_batches
+from sentiguard.training.recipe import DEFAULT_RECIPE, Recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = ROOT / "models" / "primary"
-TINY = train_mod.Recipe(
+TINY = Recipe(
     layers=1,
     hidden=32,
     heads=2,
@@ -63,7 +66,7 @@ def test_train_command_end_to_end_loads_through_modelscope_pipeline(
 
     monkeypatch.setattr(vocab_mod, "build_vocab", spy)
     out = tmp_path / "model"
-    recipe = train_mod.Recipe(
+    recipe = Recipe(
         **{
             **TINY.__dict__,
             "distill_weight": 0.5,
@@ -73,14 +76,14 @@ def test_train_command_end_to_end_loads_through_modelscope_pipeline(
             "limit": 300,  # the 300 texts of the file; and 300 pretraining chunks
         }
     )
-    code = train_mod.train_command(settings_mod.load(None, environ={}), str(data), str(out), recipe)
+    code = primary.train_command(settings_mod.load(None, environ={}), str(data), str(out), recipe)
 
     assert code == 0
     assert seen == [train_part.texts[:300]]
     for name in ("configuration.json", "config.json", "vocab.txt", "model.safetensors"):
         assert (out / name).is_file(), name
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
-    assert manifest["weights"]["sha256"] == train_mod.sha256_file(out / "model.safetensors")
+    assert manifest["weights"]["sha256"] == sha256_file(out / "model.safetensors")
     assert manifest["data"]["train_texts"] == 300
     assert manifest["recipe"]["augment_crops"] == 1
     assert manifest["recipe"]["distill_weight"] == 0.5
@@ -99,7 +102,7 @@ def test_train_command_end_to_end_loads_through_modelscope_pipeline(
 def test_train_command_rejects_a_bad_data_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("label,review\n2,好\n", encoding="utf-8")
-    code = train_mod.train_command(
+    code = primary.train_command(
         settings_mod.load(None, environ={}), str(bad), str(tmp_path / "m"), TINY
     )
     assert code != 0
@@ -133,7 +136,7 @@ def test_fast_tokenizer_used_in_training_matches_modelscope_tokenizer(tmp_path: 
 
     texts = [*split().train.texts[:400], "iPhone15 真的好用！！ABC123", "質量 很好 ☺ 😀"]
     tokens = vocab_mod.build_vocab(texts[:400])
-    fast = train_mod.make_tokenizer(tokens, tmp_path)
+    fast = student.make_tokenizer(tokens, tmp_path)
     slow = BertTokenizer(str(tmp_path / "vocab.txt"))
     for text in texts:
         expected = slow(text, truncation=True, max_length=128)["input_ids"]
@@ -142,7 +145,7 @@ def test_fast_tokenizer_used_in_training_matches_modelscope_tokenizer(tmp_path: 
 
 def test_length_batches_cover_every_text_once() -> None:
     lengths = [random.Random(1).randint(3, 300) for _ in range(1000)]
-    batches = train_mod.length_batches(lengths, 32, random.Random(0))
+    batches = length_batches(lengths, 32, random.Random(0))
     flat = sorted(i for batch in batches for i in batch)
     assert flat == list(range(1000))
     assert max(len(b) for b in batches) == 32
@@ -151,7 +154,7 @@ def test_length_batches_cover_every_text_once() -> None:
 def test_committed_model_manifest_matches_its_weights() -> None:
     manifest = json.loads((COMMITTED / "manifest.json").read_text(encoding="utf-8"))
     weights = COMMITTED / manifest["weights"]["file"]
-    assert manifest["weights"]["sha256"] == train_mod.sha256_file(weights)
+    assert manifest["weights"]["sha256"] == sha256_file(weights)
     assert manifest["weights"]["bytes"] == weights.stat().st_size
     config = json.loads((COMMITTED / "config.json").read_text(encoding="utf-8"))
     vocab = (COMMITTED / "vocab.txt").read_text(encoding="utf-8").splitlines()
@@ -166,13 +169,13 @@ def test_committed_model_is_what_the_default_recipe_trains() -> None:
     """`sentiguard train primary` (the default Recipe) retrains the committed model; only
     `extra` (diagnostics such as per-epoch held-out traces) may differ."""
     manifest = json.loads((COMMITTED / "manifest.json").read_text(encoding="utf-8"))
-    default = {k: v for k, v in asdict(train_mod.DEFAULT_RECIPE).items() if k != "extra"}
+    default = {k: v for k, v in asdict(DEFAULT_RECIPE).items() if k != "extra"}
     assert {k: manifest["recipe"].get(k) for k in default} == default
 
 
 def test_crops_keep_a_run_of_at_least_half_the_clauses() -> None:
     text = "房间很大，早餐不错，服务一般，位置偏远。"
-    crops = train_mod.make_crops([text, "只有一句"], 20, seed=1)
+    crops = augment.make_crops([text, "只有一句"], 20, seed=1)
     assert crops and {i for i, _ in crops} == {0}  # one clause: nothing to crop
     for _, crop in crops:
         assert crop in text and crop != text and crop.count("，") + crop.count("。") >= 2
@@ -181,7 +184,7 @@ def test_crops_keep_a_run_of_at_least_half_the_clauses() -> None:
 def test_word_drops_leave_out_whole_words_and_keep_the_rest_in_order() -> None:
     text = "这家 hotel 的早餐非常好吃，服务也很周到"
     words = [w for w in segment(text) if not w.isspace()]
-    drops = train_mod.make_word_drops([text, "好吃"], 30, 0.2, seed=1)
+    drops = augment.make_word_drops([text, "好吃"], 30, 0.2, seed=1)
     assert len(drops) == 30 and {i for i, _ in drops} == {0}  # under 3 words: skipped
     for _, copy in drops:
         kept = [w for w in segment(copy) if not w.isspace()]
@@ -190,4 +193,4 @@ def test_word_drops_leave_out_whole_words_and_keep_the_rest_in_order() -> None:
         assert all(c in it for c in copy)  # a subsequence of the source: nothing added
         assert len(kept) < len(words)
     assert len({c for _, c in drops}) > 20  # copies differ
-    assert drops == train_mod.make_word_drops([text, "好吃"], 30, 0.2, seed=1)  # seeded
+    assert drops == augment.make_word_drops([text, "好吃"], 30, 0.2, seed=1)  # seeded

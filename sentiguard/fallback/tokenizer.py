@@ -5,8 +5,9 @@ Both backends use jieba's dictionary and algorithm (HMM for unknown words on). W
 jieba on ~98 % of the held-out reviews (measured on the 1,736 held-out texts: 31,700
 vs 1,750 texts/s, 1,708 identical segmentations). The differences are runs of Latin
 letters with hyphens ("td-scdma" stays one token in rjieba), which a character n-gram
-feature covers either way. Python jieba stays available as `jieba_tokenize` so the
-benchmark can compare the same model with both.
+feature covers either way. Python jieba stays available as `jieba_tokenize`, the one
+place it is set up: the benchmark compares the same model with both, and the primary's
+distillation teacher (`sentiguard.training.teacher`) segments with it.
 
 Texts are normalised (`normalize`) before segmentation: full-width letters, digits and
 punctuation fold into their half-width forms (NFKC, restricted to the blocks where it

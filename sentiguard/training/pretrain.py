@@ -29,8 +29,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sentiguard.fallback.tokenizer import segment
 from sentiguard.logs import log_event
-from sentiguard.primary.train import Recipe, length_batches, pad, progress, warmup_cosine
+from sentiguard.training.batches import length_batches, pad
+from sentiguard.training.recipe import Recipe
+from sentiguard.training.schedule import progress, warmup_cosine
 
 if TYPE_CHECKING:
     from transformers import BertTokenizerFast
@@ -83,8 +86,6 @@ def chunks(words: Sequence[str], max_chars: int) -> list[list[str]]:
 
 def corpus(train_texts: Sequence[str], max_chars: int, limit: int | None) -> list[list[str]]:
     """The pretraining text as word lists: People's Daily chunks, then the reviews."""
-    from sentiguard.fallback.tokenizer import segment
-
     news = [c for p in peoples_daily_words(peoples_daily_path()) for c in chunks(p, max_chars)]
     reviews = [[w for w in segment(text) if not w.isspace()] for text in train_texts]
     texts = news + [c for r in reviews for c in chunks(r, max_chars)]
