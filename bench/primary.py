@@ -59,7 +59,8 @@ def serve_per_request(port: int) -> None:
     from flask import Flask, jsonify, request
     from waitress import serve
 
-    from sentiguard.primary.model import load_model, p_positive_from_output
+    from sentiguard.primary.inference import p_positive_from_output
+    from sentiguard.primary.model import load_model
 
     settings = settings_mod.load()
     model = load_model(settings)  # sets torch threads like the worker; same pipeline

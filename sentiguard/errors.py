@@ -1,8 +1,8 @@
 """One error hierarchy for sentiguard.
 
 Every message says what went wrong and what to do next. HTTP-facing errors carry their
-status and a stable `code`; the gateway renders them all through one JSON shape:
-`{"error": {"code": "...", "message": "..."}}`.
+status and a stable `code`; every Flask app renders them through one renderer
+(`sentiguard.json_errors`) in one JSON shape: `{"error": {"code": "...", "message": "..."}}`.
 """
 
 from __future__ import annotations
@@ -79,6 +79,11 @@ class Unauthorized(HTTPError):
     code = "unauthorized"
 
 
+class Forbidden(HTTPError):
+    status = 403
+    code = "forbidden"
+
+
 class PayloadTooLarge(HTTPError):
     status = 413
     code = "payload_too_large"
@@ -92,3 +97,7 @@ class UnsupportedMediaType(HTTPError):
 class Overloaded(HTTPError):
     status = 503
     code = "overloaded"
+
+
+class ServiceError(SentiguardError):
+    """The service cannot start, or a command cannot reach it; the message says why."""

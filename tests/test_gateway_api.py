@@ -216,8 +216,17 @@ def test_public_bind_without_key_refuses_with_how_to_set_one(host: str) -> None:
     ],
 )
 def test_loopback_keyed_or_opted_out_binds(overrides: dict[str, Any]) -> None:
+    # No SettingsError: the app is built for that bind address, and it serves.
     app = create_app(make_settings(**overrides), fallback=FakeFallback(), start_poller=False)
-    gateway_of(app).close()
+    try:
+        assert gateway_of(app).settings.gateway.host == overrides["gateway.host"]
+        assert app.test_client().get("/health").status_code == 200
+        key = overrides.get("gateway.api_key")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        answer = app.test_client().post("/analyze", json={"text": "好"}, headers=headers)
+        assert answer.status_code == 200 and answer.get_json()["model"] == "fallback"
+    finally:
+        gateway_of(app).close()
 
 
 def test_api_key_guards_the_api_but_not_probes_or_the_ui() -> None:
@@ -319,11 +328,19 @@ def test_control_drain_answers_in_flight_and_watchdog_report_lands(
 
 
 GATEWAY_CMD = [sys.executable, "-m", "sentiguard.gateway"]
+# Few threads for a light test process; the capacities stay below them, as the settings
+# rules require (a gateway thread per admitted request, so overload is shed, not queued).
+FEW_THREADS = {
+    "gateway.threads": 8,
+    "gateway.max_in_flight_per_worker": 2,
+    "gateway.fallback_capacity": 4,
+}
 
 
 def gateway_env(**overrides: Any) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SENTIGUARD_")}
-    env.update(make_settings(**overrides).as_env())
+    # Unchecked: a test may hand the process settings it must refuse.
+    env.update(make_settings(check=False, **overrides).as_env())
     return env
 
 
@@ -347,7 +364,7 @@ class GatewayProcess:
             "service.log_dir": str(tmp_path / "logs"),
             **overrides,
         }
-        self.settings = make_settings(**self.overrides)
+        self.settings = make_settings(check=False, **self.overrides)
         self.out = (tmp_path / "gateway.out").open("w+")
         self.proc = subprocess.Popen(
             GATEWAY_CMD,
@@ -406,7 +423,7 @@ def test_real_gateway_process_routes_serves_control_socket_and_drains_on_sigterm
             "primary.base_port": fake_primary.port,
             "primary.workers": 1,
             "gateway.deadline_ms": 10000,
-            "gateway.threads": 8,
+            **FEW_THREADS,
         },
     )
     try:
@@ -453,7 +470,7 @@ def test_real_primary_worker_through_real_gateway(tmp_path: Path) -> None:
     if not _primary_model_ready():
         pytest.fail("models/primary is missing: run `sentiguard train primary` (make install)")
     base = free_port_block(1)
-    settings = {"primary.base_port": base, "primary.workers": 1, "gateway.threads": 8}
+    settings = {"primary.base_port": base, "primary.workers": 1, **FEW_THREADS}
     worker = subprocess.Popen(
         [sys.executable, "-m", "sentiguard.primary", "--index", "0"],
         env=gateway_env(**settings),

@@ -1,15 +1,24 @@
-"""Every malformed request gets its 4xx in the one JSON error shape, and the app stays healthy."""
+"""Every malformed request gets its 4xx in the one JSON error shape, and the app stays healthy;
+every Flask app (public, control, worker) renders its errors in that one shape."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 from flask import Flask
+from werkzeug.test import TestResponse
 
+from sentiguard.errors import BadRequest
 from sentiguard.gateway.app import create_app, gateway_of
-from sentiguard.gateway.validation import json_depth
+from sentiguard.gateway.control_app import create_control_app
+from sentiguard.primary.app import create_app as create_worker_app
+from sentiguard.primary.state import WorkerState
+from sentiguard.runtime import control
+from sentiguard.validation import json_depth
 from tests.gateway_helpers import FakeFallback, ListLog, make_settings
 
 LIMITS = {
@@ -177,3 +186,81 @@ def test_app_stays_healthy_after_every_bad_request(app: Flask) -> None:
     assert good.status_code == 200 and good.get_json()["label"] == "positive"
     metrics = client.get("/metrics").text
     assert 'sentiguard_rejected_total{code="empty_text"}' in metrics
+
+
+# --- one renderer, one shape, in every Flask app --------------------------------------
+
+
+def public_app(tmp_path: Path) -> tuple[Flask, dict[str, str]]:
+    app = create_app(make_settings(), fallback=FakeFallback(), log=ListLog(), start_poller=False)
+    gateway_of(app).close()  # no poller was started; nothing to route to
+    return app, {}
+
+
+def control_app(tmp_path: Path) -> tuple[Flask, dict[str, str]]:
+    public = create_app(
+        make_settings(**{"service.run_dir": str(tmp_path)}),
+        fallback=FakeFallback(),
+        log=ListLog(),
+        start_poller=False,
+    )
+    gateway = gateway_of(public)
+    gateway.close()
+    secret = control.new_secret(gateway.settings)
+    app = create_control_app(gateway.settings, gateway.state, gateway.log)
+    return app, {control.SECRET_HEADER: secret}
+
+
+def worker_app(tmp_path: Path) -> tuple[Flask, dict[str, str]]:
+    # The worker's app in-process, before any model loaded: no torch needed.
+    return create_worker_app(WorkerState(make_settings(), 0, ListLog())), {}
+
+
+def assert_error_shape(response: TestResponse, status: int, code: str) -> None:
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    body = response.get_json()
+    assert list(body) == ["error"] and sorted(body["error"]) == ["code", "message"]
+    assert body["error"]["code"] == code and body["error"]["message"]
+
+
+@pytest.mark.parametrize("make", [public_app, control_app, worker_app])
+def test_every_app_renders_every_error_in_the_one_shape(
+    make: Callable[[Path], tuple[Flask, dict[str, str]]], tmp_path: Path
+) -> None:
+    app, headers = make(tmp_path)
+
+    def ours() -> None:
+        raise BadRequest("a message that says what to send", code="made_up")
+
+    def boom() -> None:
+        raise RuntimeError("secret detail")
+
+    app.add_url_rule("/_test/ours", view_func=ours)
+    app.add_url_rule("/_test/boom", view_func=boom)
+    client = app.test_client()
+    assert_error_shape(client.get("/_test/ours", headers=headers), 400, "made_up")
+    assert_error_shape(client.get("/no/such/route", headers=headers), 404, "not_found")
+    wrong_method = client.delete("/_test/ours", headers=headers)
+    assert_error_shape(wrong_method, 405, "method_not_allowed")
+    assert "GET" in wrong_method.headers["Allow"]
+    unexpected = client.get("/_test/boom", headers=headers)
+    assert_error_shape(unexpected, 500, "internal_error")
+    assert "secret detail" not in unexpected.get_json()["error"]["message"]
+    assert "RuntimeError" in unexpected.get_json()["error"]["message"]
+
+
+def test_the_worker_answers_with_the_gateways_codes(tmp_path: Path) -> None:
+    state = WorkerState(make_settings(**LIMITS), 0, ListLog())
+    client = create_worker_app(state).test_client()
+    assert_error_shape(client.post("/predict", json={"texts": ["好"]}), 503, "loading")
+    state.model, state.ready = cast(Any, SimpleNamespace(version="v", name="m")), True
+    for body, code in [
+        ({"texts": ["好", ""]}, "empty_text"),
+        ({"texts": ["好", 3]}, "not_a_string"),
+        ({"texts": ["好"] * 4}, "too_many_texts"),
+        ({"texts": []}, "bad_texts"),
+        ({"text": "好"}, "missing_text"),
+    ]:
+        assert_error_shape(client.post("/predict", json=body), 400, code)
+    assert_error_shape(client.post("/predict", data=b"{"), 400, "invalid_json")

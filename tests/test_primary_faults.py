@@ -81,10 +81,16 @@ def test_slow_delays_predictions_and_the_probe(faulty: Worker) -> None:
         r = requests.post(faulty.url + "/predict", json={"texts": [TEXT]}, timeout=30)
         assert r.status_code == 200
         assert time.perf_counter() - start >= 0.4
-        assert health(faulty)["probe_ms"] >= 400
+        slowed = health(faulty)["probe_ms"]
+        assert slowed >= 400
     finally:
-        fault(faulty, {"kind": "slow", "ms": 0})
-    assert health(faulty)["probe_ms"] < 400
+        assert fault(faulty, {"kind": "slow", "ms": 0})["ms"] == 0
+    # The delay is gone: the probe passes again, faster than with the 400 ms sleep in it.
+    # No absolute bound (a loaded machine slows inference, not the sleep); the quickest of
+    # three probes only has to beat the slowed one, which paid the same inference + 400 ms.
+    after = [health(faulty) for _ in range(3)]
+    assert all(h["status"] == "ok" for h in after)
+    assert min(h["probe_ms"] for h in after) < slowed
 
 
 def test_hang_stops_every_answer_and_ignores_sigterm(faulty: Worker) -> None:

@@ -10,14 +10,12 @@ import pytest
 
 from sentiguard import settings as settings_mod
 from sentiguard.errors import ModelLoadError
+from sentiguard.primary import batcher as batcher_mod
 from sentiguard.primary import model as model_mod
-from sentiguard.primary.model import (
-    classify,
-    load_model,
-    p_positive_from_output,
-    positive_index,
-    resolve_source,
-)
+from sentiguard.primary import probe
+from sentiguard.primary.inference import PrimaryModel, p_positive_from_output, positive_index
+from sentiguard.primary.model import classify, load_model
+from sentiguard.primary.source import preflight, resolve_source
 from tests.primary_helpers import EMBEDDED_MODEL
 
 HUB_ID = "damo/nlp_structbert_sentiment-classification_chinese-base"
@@ -61,7 +59,7 @@ def block_hub(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def model() -> model_mod.PrimaryModel:
+def model() -> PrimaryModel:
     if not (EMBEDDED_MODEL / "configuration.json").exists():
         pytest.skip("the embedded model is not built yet: run `sentiguard train primary`")
     with pytest.MonkeyPatch.context() as mp:
@@ -124,9 +122,9 @@ def test_positive_index_without_a_positive_class_is_corrupt() -> None:
 def test_batch_lanes_are_the_workers_share_of_its_cpus_unless_set(
     monkeypatch: pytest.MonkeyPatch, setting: int, workers: int, cpus: set[int], lanes: int
 ) -> None:
-    monkeypatch.setattr(model_mod.os, "sched_getaffinity", lambda pid: cpus)
+    monkeypatch.setattr(batcher_mod.os, "sched_getaffinity", lambda pid: cpus)
     settings = make_settings(**{"primary.batch_lanes": setting, "primary.workers": workers})
-    assert model_mod.batch_lanes(settings) == lanes
+    assert batcher_mod.batch_lanes(settings) == lanes
 
 
 def test_relative_existing_directory_is_local_and_absolute(tmp_path: Path) -> None:
@@ -144,7 +142,7 @@ def test_a_missing_absolute_path_is_local_and_missing(tmp_path: Path) -> None:
     settings = make_settings(**{"primary.model": str(tmp_path / "nope")})
     assert resolve_source(settings).hub_id is None
     with pytest.raises(ModelLoadError) as e:
-        model_mod.preflight(settings)
+        preflight(settings)
     assert e.value.cause == "missing"
     assert "sentiguard train primary" in str(e.value)
 
@@ -168,7 +166,7 @@ def test_load_errors_are_classified(error: BaseException, cause: str) -> None:
 
 
 def test_windows_cover_the_whole_text_with_overlap() -> None:
-    m = model_mod.PrimaryModel.__new__(model_mod.PrimaryModel)
+    m = PrimaryModel.__new__(PrimaryModel)
     m.long_text = "window"
     ids = list(range(25))
     pieces = m._pieces(ids, 10)
@@ -182,7 +180,7 @@ def test_windows_cover_the_whole_text_with_overlap() -> None:
 
 
 @needs_model
-def test_loads_the_local_directory_without_the_hub(model: model_mod.PrimaryModel) -> None:
+def test_loads_the_local_directory_without_the_hub(model: PrimaryModel) -> None:
     assert model.name == str(EMBEDDED_MODEL)
     name, digest = model.version.rsplit("@", 1)
     assert name == str(EMBEDDED_MODEL) and len(digest) == 12
@@ -218,14 +216,20 @@ def test_unreachable_hub_is_a_missing_model(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 @needs_model
-def test_known_answers(model: model_mod.PrimaryModel) -> None:
+def test_known_answers(model: PrimaryModel) -> None:
     answers = model.predict(POSITIVE + NEGATIVE)
     assert [a.p_positive > 0.5 for a in answers] == [True] * 3 + [False] * 3
     assert not any(a.truncated for a in answers)
 
 
 @needs_model
-def test_batched_equals_the_plain_pipeline(model: model_mod.PrimaryModel) -> None:
+def test_the_known_answer_probe_passes(model: PrimaryModel) -> None:
+    assert probe.passed([a.p_positive for a in model.predict(probe.TEXTS)])
+    assert not probe.passed([1 - a.p_positive for a in model.predict(probe.TEXTS)])
+
+
+@needs_model
+def test_batched_equals_the_plain_pipeline(model: PrimaryModel) -> None:
     long_review = "这家店的东西还行，" * 40  # longer than sequence_length: truncated
     texts = [*POSITIVE, "好", long_review, *NEGATIVE, "一般般吧，价格有点贵。"]
     before, model.long_text = model.long_text, "truncate"  # what the pipeline does
@@ -241,7 +245,7 @@ def test_batched_equals_the_plain_pipeline(model: model_mod.PrimaryModel) -> Non
 
 
 @needs_model
-def test_window_mode_averages_windows_of_long_texts(model: model_mod.PrimaryModel) -> None:
+def test_window_mode_averages_windows_of_long_texts(model: PrimaryModel) -> None:
     long_review = "质量很好，非常满意。" * 30 + "但是后来坏了，很失望。" * 30
     before = model.long_text
     try:
@@ -309,7 +313,7 @@ def test_transformers_backend_serves_a_hugging_face_directory(tmp_path: Path) ->
 
 
 def test_buckets_keep_short_texts_apart_from_a_long_one() -> None:
-    m = model_mod.PrimaryModel.__new__(model_mod.PrimaryModel)
+    m = PrimaryModel.__new__(PrimaryModel)
     m.max_batch = 4
     segments = [(i, [0] * n) for i, n in enumerate([10, 10, 10, 10, 10, 10, 120])]
     buckets = m._buckets(segments)
@@ -366,7 +370,7 @@ def test_a_model_too_big_for_memory_is_a_memory_failure(tmp_path: Path) -> None:
 
 
 @needs_model
-def test_last_layer_on_cls_gives_the_full_pass_logits(model: model_mod.PrimaryModel) -> None:
+def test_last_layer_on_cls_gives_the_full_pass_logits(model: PrimaryModel) -> None:
     import torch
 
     net = model.pipeline.model

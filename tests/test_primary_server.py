@@ -14,6 +14,7 @@ import requests
 
 from sentiguard import settings
 from sentiguard.primary.batcher import Batcher, BatcherStopped
+from sentiguard.primary.probe import PROBE
 from tests.harness import wait_until
 from tests.primary_helpers import EMBEDDED_MODEL, Worker, start_worker, wait_ready
 
@@ -189,8 +190,7 @@ def test_a_stopped_batcher_refuses_new_work() -> None:
 
 # --- a real worker process ------------------------------------------------------------
 
-POSITIVE = "这个手机非常好用，质量很好，我很满意，推荐购买！"
-NEGATIVE = "质量太差了，用了两天就坏了，客服也不理人，非常失望。"
+(POSITIVE, _), (NEGATIVE, _) = PROBE
 
 
 @pytest.fixture(scope="module")
@@ -280,11 +280,12 @@ def test_faults_are_off_by_default(worker: Worker) -> None:
 @pytest.mark.parametrize(
     ("body", "code"),
     [
-        (b"not json", "invalid_body"),
-        (b'{"text": "one"}', "invalid_body"),
-        (b'{"texts": []}', "too_many_texts"),
-        (b'{"texts": ["ok", ""]}', "invalid_text"),
-        (b'{"texts": ["ok", 3]}', "invalid_text"),
+        (b"not json", "invalid_json"),
+        (b'{"text": "one"}', "missing_text"),
+        (b'{"texts": []}', "bad_texts"),
+        (b'{"texts": ["ok", ""]}', "empty_text"),
+        (b'{"texts": ["ok", 3]}', "not_a_string"),
+        (b'{"texts": ["ok", "\\ud800"]}', "invalid_utf8"),
     ],
 )
 def test_bad_input_is_a_400_with_the_error_shape(worker: Worker, body: bytes, code: str) -> None:
@@ -297,7 +298,7 @@ def test_bad_input_is_a_400_with_the_error_shape(worker: Worker, body: bytes, co
     assert r.status_code == 400
     error = r.json()["error"]
     assert error["code"] == code and error["message"]
-    if code == "invalid_text":
+    if code in ("empty_text", "not_a_string", "invalid_utf8"):
         assert "texts[1]" in error["message"]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sentiguard.doctor.report import Result, fail, ok, warn
-from sentiguard.primary.model import resolve_source, sha256_file, with_reload_override
+from sentiguard.primary.source import resolve_source, sha256_file, with_reload_override
 from sentiguard.settings import ROOT, Settings
 
 # --- model files ------------------------------------------------------------------------

@@ -6,7 +6,8 @@ poller, and wires the routes of DESIGN.md "HTTP API". Control routes are not her
 live in `control_app.py` and are served only on the unix socket.
 
 Every response, error or not, carries `X-Request-ID` and produces one JSON access-log
-line; every error is `{"error": {"code", "message"}}` from one handler.
+line; every error is `{"error": {"code", "message"}}` from the one renderer
+(`sentiguard.json_errors`), which also counts rejections and sheds here.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request, send_from_directory
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
+from sentiguard import json_errors
 from sentiguard.errors import BadRequest, HTTPError, Overloaded
 from sentiguard.gateway import auth, openapi
 from sentiguard.gateway.admission import FallbackAdmission
@@ -28,22 +29,21 @@ from sentiguard.gateway.metrics import CONTENT_TYPE, Metrics
 from sentiguard.gateway.readiness import ReadinessPoller
 from sentiguard.gateway.routing import Answer, Fallback, Router
 from sentiguard.gateway.state import GatewayState
-from sentiguard.gateway.validation import (
-    Limits,
-    check_content_type,
-    parse_analyze,
-    read_body,
-)
 from sentiguard.gateway.workers import WorkerPool
 from sentiguard.labels import label_fields
 from sentiguard.logs import EventLog, log_event
 from sentiguard.settings import Settings
+from sentiguard.validation import Limits, check_content_type, parse_analyze, read_body
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 EXTENSION = "sentiguard"
 # Endpoints that need the API key when one is configured; the rest stay open.
 KEYED_ENDPOINTS = frozenset({"analyze", "status", "metrics"})
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+ROUTES_HINT = (
+    "The API is POST /analyze, GET /health, /ready, /status, /metrics, /openapi.json; "
+    "the web UI is GET /."
+)
 
 PLACEHOLDER = """<!doctype html><meta charset="utf-8"><title>sentiguard</title>
 <h1>sentiguard</h1><p>The web UI files are not installed. The API answers at
@@ -156,62 +156,16 @@ def _register_hooks(app: Flask, gateway: Gateway) -> None:
 
 
 def _register_errors(app: Flask, gateway: Gateway) -> None:
-    def render(error: HTTPError) -> Response:
-        response = jsonify(error.to_json())
-        response.status_code = error.status
-        response.headers.update(error.headers)
+    def observe(error: HTTPError) -> None:
         if isinstance(error, Overloaded):
             g.reason = "shed"
             gateway.metrics.shed.inc()
         elif 400 <= error.status < 500:
             gateway.metrics.rejected.labels(code=error.code).inc()
-        return response
 
-    @app.errorhandler(HTTPError)
-    def ours(error: HTTPError) -> Response:
-        return render(error)
-
-    @app.errorhandler(HTTPException)
-    def werkzeug(error: HTTPException) -> Response:
-        if isinstance(error, NotFound):
-            return render(
-                HTTPError(
-                    f"no route {request.path}. The API is POST /analyze, GET /health, /ready, "
-                    f"/status, /metrics, /openapi.json; the web UI is GET /.",
-                    code="not_found",
-                    status=404,
-                )
-            )
-        if isinstance(error, MethodNotAllowed):
-            allowed = ", ".join(sorted(error.valid_methods or []))
-            return render(
-                HTTPError(
-                    f"{request.method} is not allowed on {request.path}; use {allowed}.",
-                    code="method_not_allowed",
-                    status=405,
-                    headers={"Allow": allowed},
-                )
-            )
-        status = error.code or 500
-        code = re.sub(r"\W+", "_", (error.name or "error").lower()).strip("_")
-        return render(HTTPError(error.description or code, code=code, status=status))
-
-    @app.errorhandler(Exception)
-    def unexpected(error: Exception) -> Response:
-        gateway.log(
-            "gateway_error",
-            request_id=g.get("request_id"),
-            path=request.path,
-            error=f"{type(error).__name__}: {error}",
-        )
-        return render(
-            HTTPError(
-                f"internal error ({type(error).__name__}); it is logged with request id "
-                f"{g.get('request_id')}. Retry; if it repeats, report that id.",
-                code="internal_error",
-                status=500,
-            )
-        )
+    json_errors.install(
+        app, routes=ROUTES_HINT, observe=observe, log=gateway.log, event="gateway_error"
+    )
 
 
 # Time kept for the fallback at the end of a request's deadline (it answers in ~1 ms

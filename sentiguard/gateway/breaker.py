@@ -44,7 +44,6 @@ class Breaker:
         self._failures = 0
         self._probe_in_flight = False
         self.reason: str | None = None
-        self.opened_count = 0
 
     @property
     def state(self) -> BreakerState:
@@ -111,8 +110,6 @@ class Breaker:
         self.success()
 
     def _open(self, reason: str) -> None:
-        if self._state is not BreakerState.OPEN:
-            self.opened_count += 1
         self._state = BreakerState.OPEN
         self._opened_at = self.clock()
         self.reason = reason

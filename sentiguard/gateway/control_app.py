@@ -10,6 +10,7 @@ Routes (docs/internals.md, "Gateway control socket"):
 Every request must carry `X-Sentiguard-Secret` equal to `<run_dir>/secret` (read at each
 request, so a new `up` with a new secret needs no gateway restart); else 403. This app
 is never mounted on the public port, so the public routes cannot reach it either way.
+Errors, 403 included, are the one JSON shape of `sentiguard.json_errors`.
 """
 
 from __future__ import annotations
@@ -19,19 +20,14 @@ import json
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
-from werkzeug.exceptions import HTTPException
 
-from sentiguard.errors import BadRequest, HTTPError
+from sentiguard import json_errors
+from sentiguard.errors import BadRequest, Forbidden, HTTPError
 from sentiguard.gateway.state import GatewayState
 from sentiguard.logs import EventLog
 from sentiguard.runtime import control
 from sentiguard.runtime.paths import RunDir
 from sentiguard.settings import Settings
-
-
-class Forbidden(HTTPError):
-    status = 403
-    code = "forbidden"
 
 
 def create_control_app(settings: Settings, state: GatewayState, log: EventLog) -> Flask:
@@ -54,19 +50,7 @@ def create_control_app(settings: Settings, state: GatewayState, log: EventLog) -
                 f"missing or wrong {control.SECRET_HEADER}: send the content of {secret_file}."
             )
 
-    @app.errorhandler(HTTPError)
-    def ours(error: HTTPError) -> Response:
-        response = jsonify(error.to_json())
-        response.status_code = error.status
-        return response
-
-    @app.errorhandler(HTTPException)
-    def werkzeug(error: HTTPException) -> Response:
-        response = jsonify(
-            {"error": {"code": "control_error", "message": error.description or str(error)}}
-        )
-        response.status_code = error.code or 500
-        return response
+    json_errors.install(app, log=log, event="control_error")
 
     @app.route("/control/workers/<name>", methods=["GET", "PUT"])
     def worker(name: str) -> Response:

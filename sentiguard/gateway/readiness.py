@@ -4,8 +4,8 @@ One daemon thread per worker (a hung worker must not delay the others' polls) as
 `/ready` every `POLL_INTERVAL_S` with a `POLL_TIMEOUT_S` timeout and records ready, pid
 and model version in the `WorkerPool`, logging each change (`worker_ready`,
 `worker_not_ready`). Requests never wait on it: they read what it last recorded. It also
-samples the worker's memory with psutil while the watchdog's numbers are missing or
-stale, so /status shows memory even without a watchdog.
+samples the worker's process-tree memory (`runtime.memory`) while the watchdog's numbers
+are missing or stale, so /status shows memory even without a watchdog.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import psutil
 from sentiguard.gateway.client import FailureKind, WorkerClient, WorkerFailure
 from sentiguard.gateway.workers import Worker, WorkerPool
 from sentiguard.logs import EventLog, log_event
+from sentiguard.runtime import memory
 
 POLL_INTERVAL_S = 0.5
 # /ready does no inference, but on a CPU-starved host a healthy worker can still be slow to
@@ -96,9 +97,12 @@ class ReadinessPoller:
         )
         if fresh or worker.pid is None:
             return
+        # The process tree, as the watchdog and the worker's /health sum it: one figure in
+        # /status whichever source reported last.
         try:
-            info = psutil.Process(worker.pid).memory_full_info()
+            sample = memory.sample(worker.pid)
         except (psutil.Error, OSError):
             return
-        worker.rss_mb = round(info.rss / 2**20, 1)
-        worker.uss_mb = round(getattr(info, "uss", info.rss) / 2**20, 1)
+        if sample is not None:
+            worker.rss_mb = sample.rss_mb
+            worker.uss_mb = sample.uss_mb

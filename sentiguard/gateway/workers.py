@@ -1,7 +1,7 @@
 """What the gateway knows about each primary worker, and which one gets the next request.
 
-A `Worker` is `primary_I` on `127.0.0.1:(primary.base_port + I)`. Three sources update
-it, none of them on a request's path:
+A `Worker` is `primary_I` on `127.0.0.1:(primary.base_port + I)` (`runtime.endpoints`).
+Three sources update it, none of them on a request's path:
 
 - the readiness poller (`readiness.py`): `ready`, `pid`, `model_version`, memory;
 - the watchdog, through the control socket (`apply_report`): `drain`, its view of the
@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from sentiguard.gateway.breaker import Breaker, BreakerState
+from sentiguard.gateway.breaker import Breaker
+from sentiguard.runtime import endpoints
 from sentiguard.settings import Settings
 
 # Reported states (supervisord's, and the watchdog's phases) that mean no process serves.
@@ -62,7 +63,7 @@ class Worker:
 
     @property
     def name(self) -> str:
-        return f"primary_{self.index}"
+        return endpoints.worker_name(self.index)
 
     @property
     def state(self) -> str:
@@ -89,12 +90,11 @@ class WorkerPool:
     """The workers and the lock that keeps `in_flight` and the choice of worker consistent."""
 
     def __init__(self, settings: Settings) -> None:
-        base = settings.primary.base_port
         open_s = settings.gateway.breaker_open_s
         self.max_in_flight: int = settings.gateway.max_in_flight_per_worker
         self.workers = [
-            Worker(index=i, port=base + i, breaker=Breaker(open_s))
-            for i in range(settings.primary.workers)
+            Worker(index=a.index, port=a.port, breaker=Breaker(open_s))
+            for a in endpoints.workers(settings)
         ]
         self._lock = threading.Lock()
         self._turn = 0
@@ -215,6 +215,3 @@ class WorkerPool:
     def any_ready(self) -> bool:
         with self._lock:
             return any(w.ready and not w.drain for w in self.workers)
-
-    def open_breakers(self) -> list[str]:
-        return [w.name for w in self.workers if w.breaker.state is BreakerState.OPEN]

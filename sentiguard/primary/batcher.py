@@ -20,13 +20,17 @@ waits for a batch in progress only: a busy worker is not mistaken for a hung one
 from __future__ import annotations
 
 import itertools
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from sentiguard.settings import Settings
 
 T = TypeVar("T")
 
@@ -184,3 +188,11 @@ class Batcher(Generic[T]):
                 left.append(self._queue.get_nowait()[-1])
             except queue.Empty:
                 return left
+
+
+def batch_lanes(settings: Settings) -> int:
+    """primary.batch_lanes, or (0) this worker's share of the CPUs it may run on."""
+    lanes: int = settings.primary.batch_lanes
+    if lanes:
+        return lanes
+    return max(1, len(os.sched_getaffinity(0)) // settings.primary.workers)

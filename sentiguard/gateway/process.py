@@ -1,4 +1,4 @@
-"""`python -m sentiguard.gateway`: the gateway process.
+"""`python -m sentiguard.gateway`: the gateway process (its apps are app.py, control_app.py).
 
 Serves the public app with waitress (`gateway.threads` threads) on
 `gateway.host:gateway.port`, and the control app on `<run_dir>/control.sock` (mode 0600)
@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from types import FrameType
+from typing import NoReturn
 
 from waitress.server import BaseWSGIServer, MultiSocketServer, create_server
 
@@ -31,14 +32,14 @@ from sentiguard import settings as settings_mod
 from sentiguard.errors import ExitCode, ModelLoadError, SettingsError
 from sentiguard.gateway.app import create_app, gateway_of
 from sentiguard.gateway.control_app import create_control_app
-from sentiguard.logs import log_event
+from sentiguard.logs import exit_now, log_event
 from sentiguard.runtime import control
 from sentiguard.runtime.paths import RunDir
 
 DRAIN_POLL_S = 0.05
 
 
-class GatewayServer:
+class GatewayProcess:
     """The process: `run()` serves until `stop()` (or a signal), then drains and returns."""
 
     def __init__(self, settings: settings_mod.Settings) -> None:
@@ -139,7 +140,7 @@ def _listeners(server: BaseWSGIServer | MultiSocketServer) -> list[BaseWSGIServe
 def main() -> int:
     try:
         settings = settings_mod.load()
-        server = GatewayServer(settings)
+        server = GatewayProcess(settings)
     except SettingsError as e:
         log_event("gateway_config_error", reason=str(e))
         print(f"sentiguard gateway: {e}", file=sys.stderr)
@@ -163,3 +164,9 @@ def main() -> int:
     signal.signal(signal.SIGTERM, server.stop)
     signal.signal(signal.SIGINT, server.stop)
     return server.run()
+
+
+def run() -> NoReturn:
+    """`python -m sentiguard.gateway`: `main()`, then exit without interpreter teardown
+    (see `exit_now`: it would join threads still polling a stopping worker)."""
+    exit_now(main())

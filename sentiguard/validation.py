@@ -1,9 +1,15 @@
-"""Turning a POST /analyze body into a list of texts, or one precise 4xx.
+"""Turning a request body into a list of texts, or one precise 4xx: one validator, one
+set of error codes for the gateway's POST /analyze and a worker's POST /predict.
 
 Checks run cheapest first, each with its own error code, and each message says what to
 send instead: content type (415) -> body size (413) -> UTF-8 -> JSON nesting depth (before
 parsing, so a hostile `[[[[...` never reaches the recursive parser) -> JSON -> shape ->
 each text (a batch names the index of its first bad item).
+
+The codes are the public contract (DESIGN.md "HTTP API", openapi.py): `unsupported_media_type`,
+`payload_too_large`, `invalid_utf8`, `json_too_deep`, `invalid_json`, `missing_text`,
+`bad_texts`, `too_many_texts`, `not_a_string`, `empty_text`, `text_too_long`. A worker
+answers the same codes, so the gateway and a test read one vocabulary.
 """
 
 from __future__ import annotations
@@ -80,7 +86,24 @@ def json_depth(text: str) -> int:
 
 
 def parse_analyze(data: bytes, limits: Limits) -> AnalyzeRequest:
-    """Validate a body already read by `read_body`; raise a `HTTPError` subclass if bad."""
+    """The gateway's body, `{"text": ...}` or `{"texts": [...]}`, already read by `read_body`;
+    raise a `HTTPError` subclass if bad."""
+    return _shape(_parse_json(data, limits), limits)
+
+
+def parse_predict(data: bytes, limits: Limits) -> list[str]:
+    """A worker's body, `{"texts": [...]}` only (the gateway always sends a list)."""
+    doc = _parse_json(data, limits)
+    if not isinstance(doc, dict) or "texts" not in doc:
+        raise BadRequest(
+            'the body must be a JSON object with "texts" (a list of strings), e.g. '
+            '{"texts": ["这家店很好吃"]}.',
+            code="missing_text",
+        )
+    return _check_texts(doc["texts"], limits)
+
+
+def _parse_json(data: bytes, limits: Limits) -> Any:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -103,7 +126,7 @@ def parse_analyze(data: bytes, limits: Limits) -> AnalyzeRequest:
             f'{{"text": "..."}} or {{"texts": ["...", ...]}}.',
             code="invalid_json",
         ) from None
-    return _shape(doc, limits)
+    return doc
 
 
 def _shape(doc: Any, limits: Limits) -> AnalyzeRequest:
@@ -115,7 +138,10 @@ def _shape(doc: Any, limits: Limits) -> AnalyzeRequest:
         )
     if "text" in doc:
         return AnalyzeRequest([_check_text(doc["text"], None, limits)], batch=False)
-    texts = doc["texts"]
+    return AnalyzeRequest(_check_texts(doc["texts"], limits), batch=True)
+
+
+def _check_texts(texts: Any, limits: Limits) -> list[str]:
     if not isinstance(texts, list) or not texts:
         raise BadRequest(
             '"texts" must be a non-empty list of strings, e.g. {"texts": ["好", "差"]}.',
@@ -127,7 +153,7 @@ def _shape(doc: Any, limits: Limits) -> AnalyzeRequest:
             f"them into several requests.",
             code="too_many_texts",
         )
-    return AnalyzeRequest([_check_text(t, i, limits) for i, t in enumerate(texts)], batch=True)
+    return [_check_text(t, i, limits) for i, t in enumerate(texts)]
 
 
 def _check_text(value: Any, index: int | None, limits: Limits) -> str:
