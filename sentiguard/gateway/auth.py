@@ -12,36 +12,18 @@
 from __future__ import annotations
 
 import hmac
-import ipaddress
 
 from sentiguard.errors import SettingsError, Unauthorized
-from sentiguard.settings import BY_NAME, Settings
-
-
-def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name other than localhost may resolve anywhere
+from sentiguard.settings import Settings
+from sentiguard.settings.rules import public_bind_problem
 
 
 def check_bind(settings: Settings) -> None:
-    """Refuse a public bind without a key; raise `SettingsError` saying how to set one."""
-    host = settings.gateway.host
-    if is_loopback(host) or settings.gateway.api_key:
-        return
-    if settings.gateway.allow_public_without_key:
-        return
-    raise SettingsError(
-        f"gateway.host = {host!r} is reachable beyond this machine, and no API key is set. "
-        f"Hint: set one, e.g. `export {BY_NAME['gateway.api_key'].env}=$(openssl rand -hex 24)` "
-        f"(or api_key in [gateway] of the config), and give it to clients as "
-        f"'Authorization: Bearer KEY'. On a network that is already private, set "
-        f"{BY_NAME['gateway.allow_public_without_key'].env}=1 instead; to stay local, "
-        f"set gateway.host = 127.0.0.1."
-    )
+    """Refuse a public bind without a key (the settings rule `load` checks too, repeated
+    here because an app can be built from settings loaded with `check=False`)."""
+    problem = public_bind_problem(settings.gateway)
+    if problem is not None:
+        raise SettingsError(str(problem))
 
 
 def presented_key(authorization: str | None, x_api_key: str | None) -> str | None:

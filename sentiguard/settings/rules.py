@@ -13,7 +13,7 @@ from enum import StrEnum
 
 from sentiguard.errors import SettingsError
 from sentiguard.runtime.net import is_loopback
-from sentiguard.settings.schema import Settings, env_name
+from sentiguard.settings.schema import Gateway, Settings, env_name
 
 
 class Level(StrEnum):
@@ -70,25 +70,30 @@ def problems(settings: Settings) -> list[Problem]:
             "watchdog.probe_budget_ms exceeds probe_timeout_ms: the budget never applies",
             "set probe_budget_ms at or below probe_timeout_ms",
         )
-    if (
-        not is_loopback(gateway.host)
-        and not gateway.api_key
-        and not gateway.allow_public_without_key
-    ):
-        fail(
-            f"gateway.host {gateway.host} is reachable beyond this machine and no API key "
-            f"is set: the gateway would refuse to start",
-            f"export {env_name('gateway', 'api_key')}=$(openssl rand -hex 32) (or api_key in "
-            f"[gateway] of the config) and give it to clients as 'Authorization: Bearer KEY'; "
-            f"on a network already private set gateway.allow_public_without_key = true; to "
-            f"stay local set gateway.host = 127.0.0.1",
-        )
+    public = public_bind_problem(gateway)
+    if public is not None:
+        found.append(public)
     if settings.faults.enabled:
         warn(
             "faults.enabled: workers accept fault injection (tests only)",
             "unset SENTIGUARD_FAULTS_ENABLED / faults.enabled in production",
         )
     return found
+
+
+def public_bind_problem(gateway: Gateway) -> Problem | None:
+    """A bind beyond loopback needs an API key, unless the network is declared private."""
+    if is_loopback(gateway.host) or gateway.api_key or gateway.allow_public_without_key:
+        return None
+    return Problem(
+        Level.FAIL,
+        f"gateway.host {gateway.host} is reachable beyond this machine and no API key is set: "
+        f"the gateway would refuse to start",
+        f"export {env_name('gateway', 'api_key')}=$(openssl rand -hex 32) (or api_key in "
+        f"[gateway] of the config) and give it to clients as 'Authorization: Bearer KEY'; "
+        f"on a network already private set gateway.allow_public_without_key = true; to "
+        f"stay local set gateway.host = 127.0.0.1",
+    )
 
 
 def refuse_failures(settings: Settings) -> None:
