@@ -14,10 +14,12 @@ import pytest
 from sentiguard.runtime import reload
 from sentiguard.runtime.paths import RunDir
 from sentiguard.settings import Settings
+from sentiguard.watchdog.decisions import DecisionLog
 from sentiguard.watchdog.drain import GatewayLink
-from sentiguard.watchdog.main import Watchdog, decision_log
-from sentiguard.watchdog.policy import Phase
+from sentiguard.watchdog.policy import START_CAP_FACTOR, Phase
 from sentiguard.watchdog.probe import ProbeResult
+from sentiguard.watchdog.process import Watchdog
+from sentiguard.watchdog.reports import worker_report
 from sentiguard.watchdog.supervisor_client import ProcessState
 from tests.watchdog_helpers import (
     FakeGateway,
@@ -71,20 +73,20 @@ class Rig:
 
     def settle(self) -> None:
         """Wait until no action thread or probe is running."""
-        wait_until(lambda: not any(r.busy for r in self.wd.records.values()))
-        wait_until(lambda: all(p[-1].done() for p in self.wd.probes.values()))
+        wait_until(lambda: not any(r.busy for r in self.wd.watch.records.values()))
+        wait_until(self.wd.probes.idle)
 
     def round(self, n: int = 1) -> None:
         for _ in range(n):
-            self.wd.round()
+            self.wd.watch.round()
             self.settle()
 
     def rec(self, name: str) -> Any:
-        return self.wd.records[name]
+        return self.wd.watch.records[name]
 
     def close(self) -> None:
         self.wd.stop()
-        self.wd.pool.shutdown(wait=True)
+        self.wd.probes.shutdown(wait=True)
 
 
 @pytest.fixture
@@ -132,7 +134,7 @@ def test_exit_4_parks_the_worker_and_retries_rarely(rig: Rig) -> None:
     assert rec.phase is Phase.PARKED
     park = events(rig.settings, "park")[-1]
     assert park["cause"] == "corrupt" and park["fix"] == failed["fix"]
-    body = rig.wd.report_body(rec)
+    body = worker_report(rec)
     assert body["parked"] is True and failed["fix"] in body["reason"]
     rig.clock.now += 59
     rig.round(3)
@@ -210,13 +212,13 @@ def test_last_ready_worker_is_held_while_the_other_is_down(rig: Rig) -> None:
 
 def test_reload_lock_holds_recycles(rig: Rig) -> None:
     # Between two workers of a reload: nothing is recycled, even over the limit.
-    reload.write_lock(rig.settings, reload.ReloadLock(os.getpid(), "m2", None, False))
+    reload.write_reload_lock(rig.settings, reload.ReloadLock(os.getpid(), "m2", None, False))
     rig.workers.memory_mb[rig.rec("primary_0").pid] = 150.0
     rig.round(4)
     assert ("stop", "primary_0") not in rig.sup.calls
     assert len(events(rig.settings, "recycle_held")) == 1
     # The worker being reloaded belongs to the reload.
-    reload.write_lock(rig.settings, reload.ReloadLock(os.getpid(), "m2", "primary_1", True))
+    reload.write_reload_lock(rig.settings, reload.ReloadLock(os.getpid(), "m2", "primary_1", True))
     rig.round()
     assert rig.rec("primary_1").phase is Phase.RELOADING
     assert ("stop", "primary_0") not in rig.sup.calls
@@ -240,12 +242,11 @@ def test_a_hung_probe_does_not_delay_the_other_worker(rig: Rig) -> None:
             release.wait(10)  # far longer than a round: a worker that never answers
         return ProbeResult(True, 1.0)
 
-    rig.wd.health = health
+    rig.wd.probes.health = health
+    pending = rig.wd.probes.pending
     for _ in range(5):
-        rig.wd.round()
-        wait_until(
-            lambda: rig.wd.probes.get("primary_1") is None or rig.wd.probes["primary_1"][-1].done()
-        )
+        rig.wd.watch.round()
+        wait_until(lambda: (p := pending.get("primary_1")) is None or p[-1].done())
     assert seen[0] == 1  # one probe, still outstanding, never duplicated
     assert seen[1] >= 4  # the other worker kept being probed every round
     release.set()
@@ -253,7 +254,7 @@ def test_a_hung_probe_does_not_delay_the_other_worker(rig: Rig) -> None:
 
 def test_unreachable_gateway_is_logged_once_and_restarts_go_on(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
-    link = GatewayLink(settings, decision_log(settings), timeout_s=0.2)
+    link = GatewayLink(settings, DecisionLog.open(settings), timeout_s=0.2)
     r = Rig(settings, gateway=link)
     try:
         r.round(3)
@@ -320,15 +321,22 @@ def test_a_slow_start_that_makes_progress_is_not_killed(tmp_path: Path) -> None:
     try:
         r.workers.ready_ports = {r.workers.base_port + 1}
         used = iter(range(2, 1000, 2))  # two CPU-seconds more every window: loading
-        r.cpu_s = lambda: float(next(used))
-        r.wd.round()
-        wait_until(lambda: len(events(r.settings, "start_slow")) >= 3)
-        r.workers.ready_ports = None
-        r.settle()
+
+        def cpu() -> float:
+            # Ready during the window after the third look at its progress: the watchdog
+            # must have waited three more windows, whatever the windows took in wall time.
+            value = float(next(used))
+            if value >= 6:
+                r.workers.ready_ports = None
+            return value
+
+        r.cpu_s = cpu
+        r.round()
         assert r.rec("primary_0").phase is Phase.READY
         assert ("kill", "100") not in r.sup.calls
-        slow = events(r.settings, "start_slow")[0]
-        assert slow["cpu_s"] == 2.0 and slow["action"] == "wait 0.2s more"
+        slow = events(r.settings, "start_slow")
+        assert len(slow) == 3
+        assert slow[0]["cpu_s"] == 2.0 and slow[0]["action"] == "wait 0.2s more"
     finally:
         r.close()
 
@@ -340,24 +348,34 @@ def test_start_is_capped_even_with_progress(tmp_path: Path) -> None:
         used = iter(range(2, 1000, 2))
         r.cpu_s = lambda: float(next(used))
         r.round()
-        assert events(r.settings, "start_slow")  # given more time while it made progress
-        stuck = events(r.settings, "start_timeout")[0]  # but not more than 8 windows
-        assert stuck["waited_s"] + 0.1 > 0.8
+        window = r.wd.policy.start_timeout_s
+        slow = events(r.settings, "start_slow")
+        # Given more windows while it made progress, but never more than the cap allows.
+        assert 1 <= len(slow) < START_CAP_FACTOR
+        stuck = events(r.settings, "start_timeout")[0]
+        # Killed because one more window would pass the cap (waited_s is rounded to 0.01).
+        assert stuck["waited_s"] + window >= window * START_CAP_FACTOR - 0.01
         assert ("kill", "100") in r.sup.calls
     finally:
         r.close()
 
 
 def test_a_timed_out_probe_wakes_the_loop_and_memory_keeps_its_pace(tmp_path: Path) -> None:
-    # A long interval: without the wake-up, three misses would take three intervals.
-    r = Rig(make_settings(tmp_path, watchdog__interval_s=5.0))
+    # An interval far longer than the test: without the wake-up, the three misses would
+    # take three probe rounds, half an interval apart.
+    r = Rig(make_settings(tmp_path, watchdog__interval_s=60.0))
     thread = threading.Thread(target=r.wd.run)
     try:
         thread.start()
-        wait_until(lambda: len(r.wd.records) == 2 and r.rec("primary_1").phase is Phase.READY)
+        wait_until(lambda: len(r.wd.watch.records) == 2 and r.rec("primary_1").phase is Phase.READY)
         r.workers.memory_mb[r.rec("primary_0").pid] = 150.0  # over the limit, 3 samples
         r.workers.hung.add(1)
-        wait_until(lambda: events(r.settings, "recycle"), timeout=8.0)  # < 2 intervals
+        rounds = r.wd.watch.rounds
+        r.wd.wake.set()  # one probe round now, as the next one would come anyway
+        # Every later round comes from a timed-out probe: the hang is recycled before the
+        # next probe round the interval would bring.
+        wait_until(lambda: events(r.settings, "recycle"), timeout=r.wd.interval_s / 2)
+        assert r.wd.watch.rounds - rounds >= 4  # the first probe, then 3 misses
         first = events(r.settings, "recycle")[0]
         assert first["worker"] == "primary_1" and first["reason"] == "hang"
         # The early rounds took no memory samples: primary_0 has not been recycled.
@@ -369,7 +387,7 @@ def test_a_timed_out_probe_wakes_the_loop_and_memory_keeps_its_pace(tmp_path: Pa
 
 
 def test_a_hung_worker_is_killed_even_during_a_reload(rig: Rig) -> None:
-    reload.write_lock(rig.settings, reload.ReloadLock(os.getpid(), "m2", "primary_1", True))
+    reload.write_reload_lock(rig.settings, reload.ReloadLock(os.getpid(), "m2", "primary_1", True))
     rig.workers.hung.add(0)
     rig.round(5)
     assert ("kill", "100") in rig.sup.calls  # a hung worker serves nothing: no capacity lost
@@ -390,10 +408,10 @@ def test_a_failing_round_is_logged_and_the_loop_goes_on(tmp_path: Path) -> None:
     thread = threading.Thread(target=r.wd.run)
     thread.start()
     try:
-        wait_until(lambda: r.wd.rounds >= 3)
+        wait_until(lambda: r.wd.watch.rounds >= 3)
         failed = events(r.settings, "round_failed")
         assert len(failed) == 1 and "surprise" in failed[0]["reason"]
-        wait_until(lambda: len(r.wd.records) == 2 and r.rec("primary_0").phase is Phase.READY)
+        wait_until(lambda: len(r.wd.watch.records) == 2 and r.rec("primary_0").phase is Phase.READY)
     finally:
         r.wd.stop()
         thread.join(timeout=10)
@@ -416,7 +434,7 @@ def test_restart_counts_survive_a_watchdog_restart_but_not_a_new_up(tmp_path: Pa
     try:
         second.round()
         assert second.rec("primary_0").restarts["crash"] == 1
-        assert second.wd.report_body(second.rec("primary_0"))["restarts"]["crash"] == 1
+        assert worker_report(second.rec("primary_0"))["restarts"]["crash"] == 1
     finally:
         second.close()
     third = Rig(settings)

@@ -56,8 +56,8 @@ def test_ok_probe_uses_the_workers_own_inference_time(worker: tuple[Worker, int]
     state, port = worker
     state.body["probe_ms"] = 700.0  # the model itself is slow: over a 500 ms budget
     result = probe_health(port, 2.0)
-    assert result.ok and result.probe_ms == 700.0
-    assert result.rtt_ms is not None and result.rtt_ms < 2000
+    assert result.ok and result.probe_ms == 700.0  # not the round trip
+    assert result.rtt_ms is not None
 
 
 def test_wrong_answer_is_a_failed_probe(worker: tuple[Worker, int]) -> None:

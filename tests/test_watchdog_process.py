@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 
 from sentiguard.runtime import reload
+from sentiguard.runtime.endpoints import worker
 from sentiguard.runtime.paths import RunDir
 from sentiguard.settings import Settings
-from sentiguard.watchdog.main import Watchdog
 from sentiguard.watchdog.policy import Phase
 from sentiguard.watchdog.probe import probe_ready
+from sentiguard.watchdog.process import Watchdog
 from sentiguard.watchdog.supervisor_client import SupervisorClient
 from tests.harness import free_port_block
 from tests.watchdog_helpers import (
@@ -52,7 +53,7 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def service(settings: Settings) -> Iterator[SupervisorClient]:
-    with running_supervisord(settings, worker_command(settings)):
+    with running_supervisord(settings, worker_command()):
         client = SupervisorClient(settings)
         wait_until(lambda: all(ready(settings, i) for i in (0, 1)))
         yield client
@@ -64,10 +65,9 @@ def watchdog(settings: Settings, service: SupervisorClient) -> Iterator[Watchdog
     thread = threading.Thread(target=wd.run, name="watchdog")
     thread.start()
     try:
+        records = wd.watch.records
         wait_until(
-            lambda: (
-                all(r.phase is Phase.READY for r in wd.records.values()) and len(wd.records) == 2
-            )
+            lambda: len(records) == 2 and all(r.phase is Phase.READY for r in records.values())
         )
         yield wd
     finally:
@@ -77,7 +77,7 @@ def watchdog(settings: Settings, service: SupervisorClient) -> Iterator[Watchdog
 
 
 def ready(settings: Settings, index: int) -> str | None:
-    r = probe_ready(settings.primary.base_port + index, 0.5)
+    r = probe_ready(worker(settings, index).port, 0.5)
     return r.model_version if r.ready else None
 
 
@@ -91,8 +91,8 @@ def test_killed_worker_is_restarted(
     old = pid_of(service, "primary_0")
     os.kill(old, signal.SIGKILL)
     wait_until(lambda: (p := pid_of(service, "primary_0")) and p != old and ready(settings, 0))
-    wait_until(lambda: watchdog.records["primary_0"].phase is Phase.READY)
-    assert watchdog.records["primary_0"].restarts["crash"] == 1
+    wait_until(lambda: watchdog.watch.records["primary_0"].phase is Phase.READY)
+    assert watchdog.watch.records["primary_0"].restarts["crash"] == 1
     crash = events(settings, "crash")[0]
     assert crash["worker"] == "primary_0" and crash["pid"] == old and crash["backoff_s"] == 0.2
 
@@ -106,14 +106,14 @@ def test_stopped_worker_is_killed_as_hung_and_replaced(
     recycle = events(settings, "recycle")[0]
     assert recycle["reason"] == "hang" and recycle["pid"] == old
     assert events(settings, "killed")[0]["pids"] == [old]
-    wait_until(lambda: watchdog.records["primary_1"].restarts["hang"] == 1)
-    assert pid_of(service, "primary_0") == watchdog.records["primary_0"].pid  # untouched
+    wait_until(lambda: watchdog.watch.records["primary_1"].restarts["hang"] == 1)
+    assert pid_of(service, "primary_0") == watchdog.watch.records["primary_0"].pid  # untouched
 
 
 def test_exit_4_is_parked_not_restarted(
     settings: Settings, service: SupervisorClient, watchdog: Watchdog
 ) -> None:
-    port = settings.primary.base_port
+    port = worker(settings, 0).port
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
     try:
         conn.request("POST", "/_exit", headers={"X-Code": "4"})
@@ -122,13 +122,13 @@ def test_exit_4_is_parked_not_restarted(
         pass  # it may exit before the answer is out
     finally:
         conn.close()
-    wait_until(lambda: watchdog.records["primary_0"].phase is Phase.PARKED)
+    wait_until(lambda: watchdog.watch.records["primary_0"].phase is Phase.PARKED)
     park = events(settings, "park")[0]
     assert park["exitstatus"] == 4 and park["retry_s"] == 60.0
     # Many backoff periods (0.2 s doubling to 2 s) later: still parked, never started.
-    later = watchdog.rounds + 20
-    wait_until(lambda: watchdog.rounds >= later)
-    assert watchdog.records["primary_0"].phase is Phase.PARKED
+    later = watchdog.watch.rounds + 20
+    wait_until(lambda: watchdog.watch.rounds >= later)
+    assert watchdog.watch.records["primary_0"].phase is Phase.PARKED
     assert not service.info("primary_0").state.alive
     assert not events(settings, "start")
 
@@ -173,15 +173,15 @@ def test_reload_moves_workers_one_at_a_time(
     assert [s["worker"] for s in steps] == ["primary_0", "primary_1"]
     assert all(s["outcome"] == "ready" for s in steps)
     # The watchdog neither fought it nor double-counted it.
-    wait_until(lambda: all(r.restarts["reload"] == 1 for r in watchdog.records.values()))
+    wait_until(lambda: all(r.restarts["reload"] == 1 for r in watchdog.watch.records.values()))
     assert not events(settings, "crash") and not events(settings, "recycle")
 
 
 def test_stale_reload_lock_is_ignored(settings: Settings) -> None:
-    reload.write_lock(settings, reload.ReloadLock(pid=2**22 + 12345, model="x"))
-    assert reload.read_lock(settings) is None
-    reload.write_lock(settings, reload.ReloadLock(pid=os.getpid(), model="x"))
-    assert reload.read_lock(settings) == reload.ReloadLock(os.getpid(), "x")
+    reload.write_reload_lock(settings, reload.ReloadLock(pid=2**22 + 12345, model="x"))
+    assert reload.read_reload_lock(settings) is None
+    reload.write_reload_lock(settings, reload.ReloadLock(pid=os.getpid(), model="x"))
+    assert reload.read_reload_lock(settings) == reload.ReloadLock(os.getpid(), "x")
 
 
 def test_reload_to_a_model_that_cannot_load_restores_the_previous_one(
@@ -198,5 +198,5 @@ def test_reload_to_a_model_that_cannot_load_restores_the_previous_one(
     wait_until(lambda: ready(settings, 0) == "v0")
     assert pid_of(service, "primary_1") == untouched
     assert not RunDir(settings).reload_lock.exists()
-    wait_until(lambda: watchdog.records["primary_0"].phase is Phase.READY)
+    wait_until(lambda: watchdog.watch.records["primary_0"].phase is Phase.READY)
     assert not events(settings, "park")  # the reload, not the watchdog, handled that exit

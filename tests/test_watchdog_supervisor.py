@@ -27,7 +27,8 @@ def test_start_stop_state_pid(tmp_path: Path) -> None:
         assert sorted(procs) == ["primary_0", "primary_1"]
         info = procs["primary_0"]
         assert info.state is ProcessState.RUNNING and info.namespec == "primary:primary_0"
-        assert psutil.Process(info.pid).name() == "sleep"
+        # supervisord reports the pid right after its fork; the exec may still be to come.
+        wait_until(lambda: psutil.Process(info.pid).name() == "sleep", what="the exec of sleep")
         assert psutil.Process(info.pid).ppid() == client.supervisord_pid()
 
         client.stop("primary_0")
@@ -44,8 +45,8 @@ def test_start_stop_state_pid(tmp_path: Path) -> None:
 
 
 def test_exit_status_is_reported(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path)
-    with running_supervisord(settings, "sh -c 'echo model_load_failed; exit 4'", numprocs=1):
+    settings = make_settings(tmp_path, primary__workers=1)
+    with running_supervisord(settings, "sh -c 'echo model_load_failed; exit 4'"):
         client = SupervisorClient(settings)
         info = wait_until(lambda: (i := client.info("primary_0")).state.dead and i)
         # startsecs = 0: even a fast exit keeps its code (EXITED, not BACKOFF).

@@ -1,10 +1,15 @@
 """Shared pieces of the watchdog tests: settings in temp dirs, fakes, a real supervisord.
 
-Also runnable as a stand-in worker for real-process tests (starts in milliseconds, no
-model): `python tests/watchdog_helpers.py worker --index I`, which serves `/ready` and
-`/health` on `primary.base_port + I` with `model_version` = the contents of
-`<run_dir>/primary_model` (or "v0"; "broken" makes it exit 4 at start like a worker whose
-model cannot load), and `POST /_exit` to exit with the code in header X-Code.
+The real supervisord runs the config `sentiguard up` renders (`render_supervisord_conf`)
+for the test's settings; only the workers' command is swapped for a stand-in, and the
+gateway and watchdog programs are not started (the tests run their own watchdog).
+
+Also runnable as that stand-in worker (starts in milliseconds, no model): `python
+tests/watchdog_helpers.py worker --index I`, which reads its settings from the
+`SENTIGUARD_*` environment like a real worker, serves `/ready` and `/health` on its port
+with `model_version` = the contents of `<run_dir>/primary_model` (or "v0"; "broken" makes
+it exit 4 at start like a worker whose model cannot load), and `POST /_exit` to exit with
+the code in header X-Code.
 """
 
 from __future__ import annotations
@@ -14,7 +19,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -27,11 +31,18 @@ if str(ROOT) not in sys.path:  # when run as a script by supervisord
     sys.path.insert(0, str(ROOT))
 
 from sentiguard import settings as settings_mod  # noqa: E402
+from sentiguard.runtime.endpoints import worker  # noqa: E402
 from sentiguard.runtime.memory import MemorySample  # noqa: E402
-from sentiguard.runtime.paths import RunDir  # noqa: E402
+from sentiguard.runtime.paths import RunDir, write_private  # noqa: E402
+from sentiguard.runtime.supervisord import render_supervisord_conf  # noqa: E402
 from sentiguard.settings import Settings  # noqa: E402
 from sentiguard.watchdog.probe import ProbeResult, Readiness  # noqa: E402
-from sentiguard.watchdog.supervisor_client import ProcessInfo, ProcessState  # noqa: E402
+from sentiguard.watchdog.supervisor_client import (  # noqa: E402
+    ProcessInfo,
+    ProcessState,
+    SupervisorClient,
+    SupervisorUnavailable,
+)
 from tests.harness import wait_until  # noqa: E402
 
 HELPERS = Path(__file__).resolve()
@@ -52,6 +63,9 @@ def make_settings(tmp: Path, **overrides: Any) -> Settings:
         "watchdog.drain_timeout_s": 1.0,
         "watchdog.start_timeout_s": 10.0,
         "watchdog.park_retry_s": 60.0,
+        "primary.workers": 2,
+        # supervisord waits (7 - 1) // 3 = 2 s for a program to stop before SIGKILL.
+        "service.graceful_timeout_s": 7,
     }
     values.update({k.replace("__", "."): v for k, v in overrides.items()})
     (tmp / "run").mkdir(parents=True, exist_ok=True)
@@ -170,7 +184,7 @@ class FakeWorkers:
     def health(self, port: int, timeout_s: float) -> ProbeResult:
         if self.index(port) in self.hung:
             return ProbeResult(False, timeout_s * 1000, "timeout")
-        return ProbeResult(True, 5.0, None, 200, {"status": "ok"})
+        return ProbeResult(True, 5.0)
 
     def ready(self, port: int, timeout_s: float) -> Readiness:
         if self.ready_ports is not None and port not in self.ready_ports:
@@ -181,54 +195,44 @@ class FakeWorkers:
 # --- a real supervisord --------------------------------------------------------------
 
 
-def supervisord_conf(settings: Settings, program: str, numprocs: int = 2) -> Path:
-    run = RunDir(settings).root
-    logs = RunDir(settings).logs
-    logs.mkdir(parents=True, exist_ok=True)
-    conf = run / "supervisord.conf"
-    conf.write_text(
-        textwrap.dedent(
-            f"""\
-            [unix_http_server]
-            file = {run / "supervisor.sock"}
-            chmod = 0700
+def set_in_section(conf: str, section: str, **values: str) -> str:
+    """`conf` with `key = value` set for each of `values` in its existing `[section]` lines."""
+    lines: list[str] = []
+    current = None
+    missing = dict(values)
+    for line in conf.splitlines():
+        if line.startswith("["):
+            current = line.strip().strip("[]")
+        elif current == section and "=" in line:
+            key = line.split("=", 1)[0].strip()
+            if key in values:
+                line = f"{key} = {missing.pop(key)}"
+        lines.append(line)
+    assert not missing, f"no {sorted(missing)} in [{section}] of the rendered config"
+    return "\n".join(lines) + "\n"
 
-            [supervisord]
-            logfile = {logs / "supervisord.log"}
-            pidfile = {run / "supervisord.pid"}
-            childlogdir = {logs}
-            nodaemon = true
 
-            [rpcinterface:supervisor]
-            supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+def supervisord_conf(settings: Settings, program: str) -> Path:
+    """Write the config `sentiguard up` would for `settings`, adapted for a test.
 
-            [program:primary]
-            command = {program}
-            numprocs = {numprocs}
-            numprocs_start = 0
-            process_name = %(program_name)s_%(process_num)d
-            autostart = true
-            autorestart = false
-            startsecs = 0
-            startretries = 0
-            stopwaitsecs = 2
-            stopasgroup = true
-            killasgroup = true
-            redirect_stderr = true
-            stdout_logfile = {logs}/%(program_name)s_%(process_num)d.log
-            environment = PYTHONUNBUFFERED="1"
-            """
-        )
-    )
-    return conf
+    `primary.workers` workers run `program` instead of the real worker; the gateway and
+    the watchdog programs stay in the config but are not started.
+    """
+    conf = render_supervisord_conf(settings)
+    conf = set_in_section(conf, "program:primary", command=program)
+    for name in ("gateway", "watchdog"):
+        conf = set_in_section(conf, f"program:{name}", autostart="false")
+    run = RunDir(settings)
+    run.root.mkdir(parents=True, exist_ok=True)
+    run.logs.mkdir(parents=True, exist_ok=True)
+    write_private(run.supervisord_conf, conf)  # as `up` does: it holds the settings
+    return run.supervisord_conf
 
 
 @contextmanager
-def running_supervisord(settings: Settings, program: str, numprocs: int = 2) -> Iterator[None]:
-    """Run a real supervisord with one `primary` program; killpg everything on exit."""
-    from sentiguard.watchdog.supervisor_client import SupervisorClient, SupervisorUnavailable
-
-    conf = supervisord_conf(settings, program, numprocs)
+def running_supervisord(settings: Settings, program: str) -> Iterator[None]:
+    """Run a real supervisord whose workers run `program`; killpg everything on exit."""
+    conf = supervisord_conf(settings, program)
     supervisord = Path(sys.executable).parent / "supervisord"
     proc = subprocess.Popen(
         [str(supervisord), "-c", str(conf)],
@@ -271,19 +275,18 @@ def _descendants(pid: int) -> list[int]:
         return []
 
 
-def worker_command(settings: Settings) -> str:
-    return (
-        f"{sys.executable} {HELPERS} worker --index %(process_num)d "
-        f"--base-port {settings.get('primary.base_port')} "
-        f"--run-dir {RunDir(settings).root}"
-    )
+def worker_command() -> str:
+    """The stand-in worker as a supervisord command (its settings come from the environment
+    line of the rendered config, as a real worker's do)."""
+    return f"{sys.executable} {HELPERS} worker --index %(process_num)d"
 
 
 # --- the stand-in worker -------------------------------------------------------------
 
 
-def _serve_worker(index: int, base_port: int, run_dir: Path) -> None:
-    model_file = run_dir / "primary_model"
+def _serve_worker(index: int) -> None:
+    settings = settings_mod.load()
+    model_file = RunDir(settings).reload_model
     version = model_file.read_text().strip() if model_file.exists() else "v0"
     if version == "broken":
         print(json.dumps({"event": "model_load_failed", "cause": "corrupt", "fix": "retrain"}))
@@ -317,7 +320,7 @@ def _serve_worker(index: int, base_port: int, run_dir: Path) -> None:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", base_port + index), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", worker(settings, index).port), Handler)
     signal.signal(signal.SIGTERM, lambda *a: os._exit(0))
     server.serve_forever()
 
@@ -328,7 +331,4 @@ if __name__ == "__main__" and sys.argv[1:2] == ["worker"]:
     p = argparse.ArgumentParser()
     p.add_argument("worker")
     p.add_argument("--index", type=int, required=True)
-    p.add_argument("--base-port", type=int, required=True)
-    p.add_argument("--run-dir", type=Path, required=True)
-    a = p.parse_args()
-    _serve_worker(a.index, a.base_port, a.run_dir)
+    _serve_worker(p.parse_args().index)

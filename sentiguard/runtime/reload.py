@@ -52,7 +52,7 @@ class ReloadLock:
     drain: bool = False
 
 
-def read_lock(settings: Settings) -> ReloadLock | None:
+def read_reload_lock(settings: Settings) -> ReloadLock | None:
     """The reload in progress, or None (no lock, unreadable, or its process is gone)."""
     try:
         data = json.loads(RunDir(settings).reload_lock.read_text(encoding="utf-8"))
@@ -67,7 +67,7 @@ def read_lock(settings: Settings) -> ReloadLock | None:
     return lock if psutil.pid_exists(lock.pid) else None
 
 
-def write_lock(settings: Settings, lock: ReloadLock) -> None:
+def write_reload_lock(settings: Settings, lock: ReloadLock) -> None:
     write_atomic(RunDir(settings).reload_lock, json.dumps(lock.__dict__))
 
 
@@ -103,7 +103,7 @@ class Reload:
         self.version: str | None = None
 
     def lock(self, worker: str | None, drain: bool) -> None:
-        write_lock(self.settings, ReloadLock(os.getpid(), self.model, worker, drain))
+        write_reload_lock(self.settings, ReloadLock(os.getpid(), self.model, worker, drain))
 
     def body(self, name: str, drain: bool, pid: int | None) -> dict[str, Any]:
         # Only what reload knows; the gateway keeps the watchdog's memory and restarts.
@@ -216,7 +216,7 @@ class Reload:
 def reload(settings: Settings, model: str | None = None) -> int:
     """Move every worker to `model` (default: primary.model) one at a time; an exit code."""
     target = resolve_model(model or settings.primary.model)
-    live = read_lock(settings)
+    live = read_reload_lock(settings)
     if live is not None:
         _say(
             f"reload: another reload (pid {live.pid}) is running. Hint: wait for it, or "

@@ -1,26 +1,35 @@
-"""What the watchdog does to a worker, each in a thread that owns the worker until done.
+"""What the watchdog does to a worker: the loop decides, `WorkerActions` carries it out.
 
-`WorkerActions` is the half of `Watchdog` (sentiguard/watchdog/main.py) that acts: a
-recycle (drain, stop or kill, start, wait ready, undrain), a start after a backoff or a
-park, and the adoption of a worker found starting. A start that does not reach `/ready`
-in `watchdog.start_timeout_s` is judged by its CPU progress (`Policy.start_verdict`):
-still loading gets another window, stuck is killed and counts as a crash. The loop
-thread decides; these methods only carry a decision out and log what happened.
+A recycle (drain, stop or kill, start, wait ready, undrain), a start after a backoff or a
+park, and the adoption of a worker found starting each run in a thread that owns the
+worker until it is ready again (or dead), while the loop keeps watching the others. A
+start that does not reach `/ready` in `watchdog.start_timeout_s` is judged by its CPU
+progress (`Policy.start_verdict`): still loading gets another window, stuck is killed and
+counts as a crash. A death is handled at once, in the loop's thread: park a worker that
+cannot load its model (exit code 4), back off any other. Every step is one decision line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from sentiguard.logs import EventLog, now_iso
-from sentiguard.runtime import reload
+from sentiguard.errors import ExitCode
+from sentiguard.watchdog.decisions import DecisionLog
 from sentiguard.watchdog.drain import GatewayLink
 from sentiguard.watchdog.policy import Action, Cause, Decision, Phase, Policy, WorkerRecord
-from sentiguard.watchdog.recycle import Recycler, StartOutcome
+from sentiguard.watchdog.probe import ProbePool
+from sentiguard.watchdog.recycle import Recycler, StartOutcome, load_failure
+from sentiguard.watchdog.reports import worker_report
+from sentiguard.watchdog.supervisor_client import (
+    ProcessInfo,
+    ProcessState,
+    SupervisorClient,
+    SupervisorUnavailable,
+)
 
 
 def exit_reason(exitstatus: int) -> str:
@@ -29,50 +38,53 @@ def exit_reason(exitstatus: int) -> str:
 
 
 class WorkerActions:
-    """Mixed into `Watchdog`; the attributes below are set by its constructor."""
+    """Carries out the loop's decisions; every collaborator is given, none is built here.
 
-    policy: Policy
-    log: EventLog
-    gateway: GatewayLink
-    recycler: Recycler
-    kill: Callable[[int], list[int]]
-    cpu: Callable[[int], float | None]
-    clock: Callable[[], float]
-    stop_event: threading.Event
-    lock: threading.RLock
-    report_lock: threading.Lock
-    drain_timeout_s: float
-    decisions: deque[dict[str, Any]]
-    _decisions_lock: threading.Lock
-    probes: dict[str, Any]
-    actions: dict[str, threading.Thread]
+    `lock` guards the worker records (the loop holds it while it checks); `report_lock`
+    orders the PUTs to the gateway, so an undrain is never overtaken by a report the loop
+    built while the worker was still draining. `stop` is the process's stop flag: no new
+    action starts once it is set, and the running ones stop waiting.
+    """
 
-    def _spawn(self, rec: WorkerRecord, what: str, target: Callable[[WorkerRecord], None]) -> None:
-        """Run `target(rec)` in a thread that owns the worker until it returns."""
-        if rec.busy or self.stop_event.is_set():
-            return
-        rec.busy = what
-        self.probes.pop(rec.name, None)
+    def __init__(
+        self,
+        policy: Policy,
+        supervisor: SupervisorClient,
+        recycler: Recycler,
+        gateway: GatewayLink,
+        decisions: DecisionLog,
+        probes: ProbePool,
+        *,
+        lock: threading.RLock,
+        report_lock: threading.Lock,
+        stop: threading.Event,
+        drain_timeout_s: float,
+        kill: Callable[[int], list[int]],
+        cpu: Callable[[int], float | None],
+        clock: Callable[[], float],
+    ) -> None:
+        self.policy = policy
+        self.supervisor = supervisor
+        self.recycler = recycler
+        self.gateway = gateway
+        self.decisions = decisions
+        self.probes = probes
+        self.lock = lock
+        self.report_lock = report_lock
+        self.stop = stop
+        self.drain_timeout_s = drain_timeout_s
+        self.kill = kill
+        self.cpu = cpu
+        self.clock = clock
+        self.threads: dict[str, threading.Thread] = {}
 
-        def run() -> None:
-            try:
-                target(rec)
-            except Exception as e:  # an action must never kill the watchdog
-                self._decide(rec, "action_failed", f"{type(e).__name__}: {e}", what)
-                with self.lock:
-                    rec.enter(Phase.DOWN, self.clock(), f"{what} failed: {e}")
-            finally:
-                with self.lock:
-                    rec.busy = None
+    # --- in the loop's thread ----------------------------------------------------------
 
-        thread = threading.Thread(target=run, name=f"{what}-{rec.name}", daemon=True)
-        self.actions[rec.name] = thread
-        thread.start()
-
-    def _recycle(self, rec: WorkerRecord, d: Decision) -> None:
+    def recycle(self, rec: WorkerRecord, d: Decision) -> None:
+        """Drain, stop (or kill, when hung), start, wait ready, undrain."""
         hung = d.action is Action.KILL
         cause = Cause.HANG if hung else Cause.MEMORY
-        self._decide(rec, "recycle", d.reason, d.action.value, **d.fields)
+        self.decisions.decide(rec, "recycle", d.reason, d.action.value, **d.fields)
         rec.enter(Phase.RECYCLING, self.clock(), d.reason)
         rec.down_at = self.clock()
         rec.restarts[cause.value] += 1
@@ -82,11 +94,11 @@ class WorkerActions:
             # A hung worker will not finish anything in flight: do not wait for it.
             in_flight, waited = self.gateway.drain_and_wait(
                 rec.name,
-                lambda: self.report_body(rec),
+                lambda: worker_report(rec),
                 0.0 if hung else self.drain_timeout_s,
-                self.stop_event,
+                self.stop,
             )
-            self._decide(
+            self.decisions.decide(
                 rec,
                 "drained",
                 d.reason,
@@ -99,20 +111,89 @@ class WorkerActions:
             killed = self.recycler.take_down(rec.name, old_pid, hung)
             stopped_s = round(self.clock() - started, 2)
             if hung:
-                self._decide(
+                self.decisions.decide(
                     rec, "killed", "hang", "start", pid=old_pid, pids=killed, stopped_s=stopped_s
                 )
             else:
-                self._decide(rec, "stopped", d.reason, "start", pid=old_pid, stopped_s=stopped_s)
+                self.decisions.decide(
+                    rec, "stopped", d.reason, "start", pid=old_pid, stopped_s=stopped_s
+                )
             self._bring_up(rec, start=True)
 
         self._spawn(rec, "recycle", steps)
 
-    def _start(self, rec: WorkerRecord) -> None:
-        self._bring_up(rec, start=True)
+    def start(self, rec: WorkerRecord, reason: str | None, **fields: Any) -> None:
+        """Start a worker that is down (after its backoff, a park, or found stopped)."""
+        self.decisions.decide(rec, "start", reason, "start", **fields)
+        self._spawn(rec, "start", lambda rec: self._bring_up(rec, start=True))
 
-    def _adopt(self, rec: WorkerRecord) -> None:
-        self._bring_up(rec, start=False)
+    def adopt(self, rec: WorkerRecord) -> None:
+        """Wait for a worker someone else started (supervisord at `up`, an operator)."""
+        self._spawn(rec, "adopt", lambda rec: self._bring_up(rec, start=False))
+
+    def park_or_back_off(self, rec: WorkerRecord, info: ProcessInfo, now: float) -> None:
+        """A worker died on its own: park it when it cannot load its model, else back off."""
+        if info.state is ProcessState.BACKOFF:
+            # supervisord retrying on its own would fight our backoff: stop that.
+            with contextlib.suppress(SupervisorUnavailable):
+                self.supervisor.stop(rec.name)
+        cannot_load = info.exitstatus == ExitCode.MODEL_LOAD_ERROR
+        cause = load_failure(self.supervisor.tail_log(rec.name)) if cannot_load else {}
+        d = self.policy.on_death(rec, info.exitstatus, now, cause)
+        died_pid = rec.pid
+        rec.pid = 0
+        rec.down_at = now
+        if d.action is Action.PARK:
+            fix = cause.get("fix") or "check the primary model (`sentiguard doctor`)"
+            # The gateway shows this as "<name> is parked (cannot start): <reason>".
+            rec.enter(Phase.PARKED, now, f"model {cause.get('cause', 'failed to load')}: {fix}")
+            self.decisions.decide(
+                rec,
+                "park",
+                "cannot_start",
+                f"park; retry in {d.fields['retry_s']}s",
+                pid=died_pid,
+                **d.fields,
+            )
+        else:
+            rec.enter(Phase.BACKOFF, now, exit_reason(info.exitstatus))
+            self.decisions.decide(
+                rec,
+                "crash",
+                rec.reason,
+                f"start in {d.fields['backoff_s']}s",
+                pid=died_pid,
+                **d.fields,
+            )
+
+    def join(self, timeout_s: float) -> None:
+        """Give each running action up to `timeout_s` to notice the stop flag and end."""
+        for thread in list(self.threads.values()):
+            thread.join(timeout=timeout_s)
+
+    def _spawn(self, rec: WorkerRecord, what: str, target: Callable[[WorkerRecord], None]) -> None:
+        """Run `target(rec)` in a thread that owns the worker until it returns."""
+        if rec.busy or self.stop.is_set():
+            return
+        rec.busy = what
+        self.probes.forget(rec.name)  # a probe of a worker being acted on says nothing
+
+        def run() -> None:
+            try:
+                target(rec)
+            except Exception as e:  # an action must never kill the watchdog
+                self.decisions.decide(rec, "action_failed", f"{type(e).__name__}: {e}", what)
+                with self.lock:
+                    rec.enter(Phase.DOWN, self.clock(), f"{what} failed: {e}")
+            finally:
+                with self.lock:
+                    rec.busy = None
+
+        thread = threading.Thread(target=run, name=f"{what}-{rec.name}", daemon=True)
+        self.threads[rec.name] = thread
+        thread.start()
+
+    # --- in an action's thread ---------------------------------------------------------
 
     def _bring_up(self, rec: WorkerRecord, start: bool) -> None:
         """Start (or just await) the worker until ready, dead, or stuck while loading."""
@@ -126,12 +207,12 @@ class WorkerActions:
         # (the watchdog restarted mid-load) is judged leniently on its first window.
         cpu_mark = 0.0
         cpu_used: float | None = None
-        while outcome.why == "timeout" and not self.stop_event.is_set():
+        while outcome.why == "timeout" and not self.stop.is_set():
             cpu_now = self.cpu(outcome.pid) if outcome.pid else None
             cpu_used = None if cpu_now is None else round(cpu_now - cpu_mark, 1)
             if self.policy.start_verdict(cpu_used, waited) != "wait":
                 break
-            self._decide(
+            self.decisions.decide(
                 rec,
                 "start_slow",
                 "still loading",
@@ -153,13 +234,12 @@ class WorkerActions:
             rec.pid = outcome.pid
             down_at = rec.down_at
             if outcome.ready:
-                rec.model_version = outcome.model_version
                 rec.enter(Phase.READY, now, None)
                 rec.down_at = None
         if outcome.ready:
             with self.report_lock:  # after any report built while it was still draining
-                self.gateway.put_worker(rec.name, self.report_body(rec))  # undrain at once
-            self._decide(
+                self.gateway.put_worker(rec.name, worker_report(rec))  # undrain at once
+            self.decisions.decide(
                 rec,
                 "ready",
                 None,
@@ -174,7 +254,7 @@ class WorkerActions:
             # Alive, never ready, and no longer loading (or loading for far too long):
             # stuck. Killing it makes supervisord report EXITED, and the next round backs
             # off like for any other death.
-            self._decide(
+            self.decisions.decide(
                 rec,
                 "start_timeout",
                 "stuck while starting",
@@ -189,7 +269,7 @@ class WorkerActions:
             with self.lock:
                 rec.enter(Phase.STARTING, now, "start timeout")
         elif outcome.why == "exited":
-            self._decide(
+            self.decisions.decide(
                 rec,
                 "start_failed",
                 exit_reason(outcome.exitstatus),
@@ -200,33 +280,3 @@ class WorkerActions:
             )
             with self.lock:
                 rec.enter(Phase.STARTING, now, "exited while starting")
-
-    def report_body(
-        self, rec: WorkerRecord, lock: reload.ReloadLock | None = None
-    ) -> dict[str, Any]:
-        """The PUT /control/workers/<name> body (docs/internals.md) for one worker."""
-        sample = rec.memory
-        drain = rec.phase is Phase.RECYCLING
-        if lock is not None and lock.worker == rec.name:
-            drain = lock.drain
-        return {
-            "drain": drain,
-            "state": rec.phase.value,
-            "reason": rec.reason,
-            "pid": rec.pid or None,
-            "rss_mb": sample.rss_mb if sample else None,
-            "uss_mb": sample.uss_mb if sample else None,
-            "restarts": {c.value: rec.restarts[c.value] for c in Cause},
-            "parked": rec.phase is Phase.PARKED,
-        }
-
-    def _decide(
-        self, rec: WorkerRecord, event: str, reason: str | None, action: str, **fields: Any
-    ) -> None:
-        """Log one decision as a JSON line and keep it for the gateway's /status."""
-        record: dict[str, Any] = {"worker": rec.name, "pid": rec.pid or None, "reason": reason}
-        record.update(fields)
-        record["action"] = action
-        self.log(event, **record)
-        with self._decisions_lock:
-            self.decisions.append({"ts": now_iso(), "event": event, **record})

@@ -9,9 +9,8 @@ supervisord they belong to: a new `sentiguard up` (a new supervisord) starts fro
 from __future__ import annotations
 
 import json
-import os
 
-from sentiguard.runtime.paths import RunDir
+from sentiguard.runtime.paths import RunDir, write_atomic
 from sentiguard.settings import Settings
 
 Counts = dict[str, dict[str, int]]  # worker -> cause -> restarts
@@ -34,6 +33,5 @@ def load(settings: Settings, supervisord_pid: int) -> Counts:
 def save(settings: Settings, supervisord_pid: int, counts: Counts) -> None:
     path = RunDir(settings).restart_counts
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps({"supervisord_pid": supervisord_pid, "restarts": counts}))
-    os.replace(tmp, path)  # a crash mid-write leaves the previous counts, never half a file
+    # A crash mid-write leaves the previous counts, never half a file.
+    write_atomic(path, json.dumps({"supervisord_pid": supervisord_pid, "restarts": counts}))

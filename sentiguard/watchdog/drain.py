@@ -15,26 +15,22 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sentiguard.logs import EventLog
 from sentiguard.runtime.control import ControlClient
 from sentiguard.settings import Settings
 
 Body = dict[str, Any]
+LogEvent = Callable[..., None]  # log(event, **fields): an EventLog, or the DecisionLog
 
 
 class GatewayLink:
     """Thread-safe: the loop reports while action threads drain."""
 
-    def __init__(self, settings: Settings, log: EventLog, timeout_s: float = 1.0) -> None:
+    def __init__(self, settings: Settings, log: LogEvent, timeout_s: float = 1.0) -> None:
         self.settings = settings
         self.log = log
         self.timeout_s = timeout_s
         self._lock = threading.Lock()
         self._reachable: bool | None = None  # None: not tried yet
-
-    @property
-    def reachable(self) -> bool:
-        return bool(self._reachable)
 
     def _note(self, ok: bool, error: str | None = None) -> None:
         with self._lock:

@@ -103,14 +103,11 @@ class WorkerRecord:
     memory: MemorySample | None = None
     over_limit: int = 0  # consecutive memory samples over the limit
     misses: int = 0  # consecutive failed probes
-    last_probe: ProbeResult | None = None
     restarts: Counter[str] = field(default_factory=Counter)
     reason: str | None = None  # why it is not ready, or what was last done to it
-    parked_fix: str | None = None
     since: float = 0.0  # monotonic time the current phase began
     due: float | None = None  # BACKOFF/PARKED: when to try starting it again
     busy: str | None = None  # an action thread owns the worker
-    model_version: str | None = None
     held: bool = False  # a memory hold was logged (log it once, not every round)
     down_at: float | None = None  # when the current outage was detected (for recovered_s)
     fresh: bool = True  # not yet seen by a full round
@@ -192,7 +189,6 @@ class Policy:
 
     def on_probe(self, rec: WorkerRecord, result: ProbeResult) -> Decision | None:
         """Count a /health probe of a READY worker; K misses in a row mean hung."""
-        rec.last_probe = result
         over_budget = result.ok and result.probe_ms > self.probe_budget_ms
         if result.ok and not over_budget:
             rec.misses = 0

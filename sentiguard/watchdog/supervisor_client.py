@@ -59,7 +59,6 @@ class ProcessInfo:
     state: ProcessState
     pid: int
     exitstatus: int
-    spawnerr: str = ""
 
     @property
     def namespec(self) -> str:
@@ -77,7 +76,6 @@ class ProcessInfo:
             state=state,
             pid=int(row.get("pid") or 0),
             exitstatus=int(row.get("exitstatus") or 0),
-            spawnerr=str(row.get("spawnerr") or ""),
         )
 
 
