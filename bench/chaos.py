@@ -2,7 +2,7 @@
 
 Starts the real service (`sentiguard up`, 2 workers, faults enabled) on free ports in a
 temporary directory, runs each scenario with the same drivers the tests use
-(tests/chaos_scenarios.py), and prints, per scenario: requests, statuses, answers by
+(sentiguard/chaos/scenarios.py), and prints, per scenario: requests, statuses, answers by
 model/reason, latency quantiles, and time-to-detect / time-to-recover of each fault.
 It prints numbers, never pass/fail.
 
@@ -23,11 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests import chaos_scenarios as chaos  # noqa: E402
-from tests.harness import ServiceHandle, start_service  # noqa: E402
+from sentiguard.chaos import scenarios as chaos
+from sentiguard.chaos.service import ServiceHandle, start_service
+from sentiguard.chaos.timeline import Result
+from sentiguard.settings import ROOT
 
 SCENARIOS = ("overload", "leak", "hang", "kill", "broken_model")
 
@@ -44,7 +43,7 @@ def _spread(values: list[float | None]) -> str:
     )
 
 
-def report(result: chaos.Result) -> dict[str, Any]:
+def report(result: Result) -> dict[str, Any]:
     summary = result.summary()
     print(f"\n== {result.scenario} ({summary['duration_s']} s)")
     print(f"  requests {summary['requests']}  statuses {summary['statuses']}")

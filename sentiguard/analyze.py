@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import sys
 import threading
 import time
@@ -34,6 +33,8 @@ import requests
 from sentiguard.data import TEXT_COLUMNS, read_table, read_text
 from sentiguard.errors import DataError, ExitCode, SentiguardError
 from sentiguard.labels import label_fields
+from sentiguard.runtime.endpoints import gateway_url
+from sentiguard.runtime.paths import write_atomic
 from sentiguard.settings import Settings
 
 RESULT_COLUMNS = ("text", "label", "label_zh", "score", "model", "degraded", "reason")
@@ -104,11 +105,7 @@ class ServiceClient:
     """POST /analyze on the running gateway, retrying 503s after their Retry-After."""
 
     def __init__(self, settings: Settings, *, sleep: Callable[[float], None] | None = None):
-        host = settings.gateway.host
-        if host in ("0.0.0.0", "::", ""):
-            host = "127.0.0.1"  # a wildcard bind is reachable on loopback
-        host = f"[{host}]" if ":" in host else host
-        self.url = f"http://{host}:{settings.gateway.port}"
+        self.url = gateway_url(settings)
         self.sleep = sleep or time.sleep
         self.reached = False  # once the service answered, a refused connection is a restart
         self.headers = {"Content-Type": "application/json"}
@@ -122,6 +119,9 @@ class ServiceClient:
         session: requests.Session | None = getattr(self._local, "session", None)
         if session is None:
             session = self._local.session = requests.Session()
+            # Our own service on this host: never through an http_proxy from the
+            # environment (sentiguard.runtime.net's policy for every local request).
+            session.trust_env = False
             session.headers.update(self.headers)
         return session
 
@@ -307,10 +307,7 @@ def write_results(rows: Sequence[dict[str, Any]], out: str | None, as_json: bool
     if out is None:
         sys.stdout.write(buffer.getvalue())
         return
-    target = Path(out)
-    partial = target.with_name(target.name + ".partial")
-    partial.write_text(buffer.getvalue(), encoding="utf-8", newline="")
-    os.replace(partial, target)
+    write_atomic(Path(out), buffer.getvalue(), private=False)
 
 
 def summary(rows: Sequence[dict[str, Any]]) -> str:

@@ -32,23 +32,23 @@ def _down(s: settings_mod.Settings, args: argparse.Namespace) -> int:
 
 
 def _status(s: settings_mod.Settings, args: argparse.Namespace) -> int:
-    from sentiguard.runtime.service import status
+    from sentiguard.runtime.status import status
 
     return status(s, as_json=args.json)
 
 
 def _reload(s: settings_mod.Settings, args: argparse.Namespace) -> int:
-    from sentiguard.runtime.service import reload
+    from sentiguard.runtime.reload import reload
 
     return reload(s, model=args.model)
 
 
 def _train(s: settings_mod.Settings, args: argparse.Namespace) -> int:
     if args.which == "fallback":
-        from sentiguard.fallback.train import train_command
+        from sentiguard.training.fallback import train_command
 
         return train_command(s, data=args.data, out=args.out)
-    from sentiguard.primary.train import train_command as train_primary
+    from sentiguard.training.primary import train_command as train_primary
 
     return train_primary(s, data=args.data, out=args.out)
 

@@ -26,10 +26,6 @@ from sentiguard.settings import Settings
 BATCH = 256
 
 
-class ServiceError(SentiguardError):
-    """The running service could not be reached or answered with an error."""
-
-
 def metrics(labels: Sequence[int], p_positive: Sequence[float]) -> dict[str, Any]:
     """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion counts, with
     the decision threshold at p >= 0.5 (the API's own)."""
@@ -108,30 +104,13 @@ def _primary(settings: Settings) -> Source:
 
 def _service(settings: Settings) -> Source:
     """POST /analyze to the running gateway, in batches of at most gateway.max_texts."""
-    import requests
+    from sentiguard.analyze import ServiceClient
 
-    host = settings.gateway.host
-    url = f"http://{host}:{settings.gateway.port}/analyze"
-    headers = {"Content-Type": "application/json"}
-    if settings.gateway.api_key:
-        headers["Authorization"] = f"Bearer {settings.gateway.api_key}"
-    session = requests.Session()
+    client = ServiceClient(settings)
     source = Source(lambda texts: ([], []), settings.gateway.max_texts)
 
     def predict(texts: list[str]) -> tuple[list[float], list[str]]:
-        try:
-            response = session.post(url, json={"texts": texts}, headers=headers, timeout=60)
-        except requests.RequestException as e:
-            raise ServiceError(
-                f"cannot reach the service at {url} ({e.__class__.__name__}). Hint: start "
-                f"it with `sentiguard up`, or set gateway.host/gateway.port to where it runs."
-            ) from e
-        if response.status_code != 200:
-            raise ServiceError(
-                f"the service at {url} answered {response.status_code}: "
-                f"{response.text[:300]}. Hint: check `sentiguard status` and the gateway log."
-            )
-        results = response.json()["results"]
+        results = client.analyze(texts)
         source.versions.update(str(r.get("model_version", "unknown")) for r in results)
         return (
             [float(r["scores"]["positive"]) for r in results],

@@ -1,7 +1,8 @@
 """Shared fixtures.
 
 `running_service` (session): the real service, `sentiguard up` under the real supervisord,
-2 workers on the embedded models, faults enabled, free ports, a private run/log directory.
+2 workers on the embedded models, faults enabled, ports of this run's reserved block
+(sentiguard.chaos.ports), a private run/log directory.
 It starts once per session, the first time a test asks for it; tests that break a worker
 must leave it healthy again (`healthy_service` waits for that before each test). At the end
 it is stopped like an operator's Ctrl-C (SIGINT to the whole process group) and the
@@ -21,10 +22,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.chaos_scenarios import LEAK_LIMIT_MB
-from tests.harness import ServiceHandle, start_service
+from sentiguard.chaos.scenarios import LEAK_LIMIT_MB
+from sentiguard.chaos.service import ServiceHandle, start_service
 
-# A low memory limit for the leak scenario (see chaos_scenarios.LEAK_LIMIT_MB).
+# A low memory limit for the leak scenario (see sentiguard.chaos.scenarios.LEAK_LIMIT_MB).
 SHARED_OVERRIDES = {
     "watchdog.memory_limit_mb": LEAK_LIMIT_MB,
     "watchdog.memory_critical_mb": LEAK_LIMIT_MB + 1000,

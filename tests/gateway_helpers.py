@@ -18,9 +18,9 @@ from typing import Any
 from flask import Flask
 
 from sentiguard import settings as settings_mod
+from sentiguard.chaos.ports import free_port_block
 from sentiguard.gateway.app import Gateway, create_app, gateway_of
 from sentiguard.logs import EventLog
-from tests.harness import free_port_block
 
 
 def p_for(text: str) -> float:

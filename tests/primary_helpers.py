@@ -20,8 +20,8 @@ from typing import Any
 
 import requests
 
+from sentiguard.chaos.ports import free_port
 from sentiguard.settings import ROOT
-from tests.harness import free_port
 
 EMBEDDED_MODEL = ROOT / "models" / "primary"
 # Worker start is mostly imports: ~10 s of CPU, more while a training job shares the cores.

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,9 @@ import psutil
 import pytest
 
 from sentiguard import settings as settings_mod
+from sentiguard.chaos.client import wait_until
+from sentiguard.chaos.ports import free_port, free_port_block
+from sentiguard.chaos.service import ServiceHandle
 from sentiguard.doctor import Result, Status, doctor_command
 from sentiguard.doctor.config import check_settings
 from sentiguard.doctor.deps import (
@@ -33,7 +35,7 @@ from sentiguard.doctor.deps import (
     check_dependencies,
     check_imports,
     check_python,
-    read_lock,
+    read_requirements_lock,
 )
 from sentiguard.doctor.models import (
     check_model,
@@ -52,7 +54,6 @@ from sentiguard.doctor.resources import (
 )
 from sentiguard.runtime.paths import RunDir
 from sentiguard.settings import ROOT
-from tests.harness import ServiceHandle, free_port, free_port_block
 
 LOCK = ROOT / "requirements.lock"
 # Light modules stand in for torch & co. in the import check: the import mechanism is the
@@ -190,7 +191,7 @@ def test_cli_doctor_runs_the_real_checks_and_exits_non_zero_on_failure(tmp_path:
 def test_lock_pins_are_read_by_canonical_name(tmp_path: Path) -> None:
     lock = tmp_path / "lock"
     lock.write_text("# comment\nPyYAML==6.0.4\nscikit_learn==1.9.1  # note\n-e .\nfoo>=1\n\n")
-    assert read_lock(lock) == {"pyyaml": "6.0.4", "scikit-learn": "1.9.1"}
+    assert read_requirements_lock(lock) == {"pyyaml": "6.0.4", "scikit-learn": "1.9.1"}
 
 
 def test_missing_runtime_package_fails_but_missing_dev_tool_does_not(tmp_path: Path) -> None:
@@ -501,22 +502,36 @@ def test_cgroup_limit_counts(tmp_path: Path) -> None:
     assert cgroup_available_mb(tmp_path) is None
 
 
+# The stand-in's child: holds CHILD_MB of touched memory, then blocks (its RSS stays put).
+CHILD_MB = 64
+CHILD = f"import time; held = b'x' * ({CHILD_MB} * 2**20); time.sleep(120)"
+
+
 def test_running_service_memory_counts_as_available(run_dir: Path) -> None:
     settings = socket_settings(run_dir)
     assert service_rss_mb(settings) == 0.0  # no pid file: not running
     # A stand-in supervisord with one child, its pid where supervisord writes it.
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "import subprocess, sys; subprocess.run(['sleep', '60'])"],
-        start_new_session=True,
-    )
+    parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {CHILD!r}])"
+    proc = subprocess.Popen([sys.executable, "-c", parent], start_new_session=True)
     try:
         RunDir(settings).supervisord_pid.write_text(f"{proc.pid}\n")
         root = psutil.Process(proc.pid)
-        deadline = time.monotonic() + 10
-        while not root.children() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        expected = sum(p.memory_info().rss for p in [root, *root.children()]) / 2**20
-        assert service_rss_mb(settings) == pytest.approx(expected, rel=0.2)
+
+        def child_holding() -> psutil.Process | None:
+            children = root.children()
+            if children and children[0].memory_info().rss >= CHILD_MB * 2**20:
+                return children[0]
+            return None
+
+        # Fails the test, naming what it waited for, if the child never gets there.
+        child = wait_until(child_holding, 30, f"the stand-in's child to hold {CHILD_MB} MB")
+        # Both processes now block, so their RSS no longer moves: one moment's figures.
+        root_mb = root.memory_info().rss / 2**20
+        child_mb = child.memory_info().rss / 2**20
+        counted = service_rss_mb(settings)
+        # The whole tree counts (the child's 64 MB dwarf any page the runtime touches).
+        assert counted == pytest.approx(root_mb + child_mb, abs=CHILD_MB / 4)
+        assert counted > root_mb + CHILD_MB * 0.9
     finally:
         os.killpg(proc.pid, 9)
         proc.wait()

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 import requests
 
+from sentiguard.chaos.client import wait_until
 from sentiguard.errors import ExitCode
 from sentiguard.primary.faults import CRASH_EXIT_CODE
-from tests.harness import wait_until
 from tests.primary_helpers import EMBEDDED_MODEL, Worker, start_worker, wait_ready
 
 pytestmark = [

@@ -13,9 +13,9 @@ import pytest
 import requests
 
 from sentiguard import settings
+from sentiguard.chaos.client import wait_until
 from sentiguard.primary.batcher import Batcher, BatcherStopped
 from sentiguard.primary.probe import PROBE
-from tests.harness import wait_until
 from tests.primary_helpers import EMBEDDED_MODEL, Worker, start_worker, wait_ready
 
 # --- the batcher, with a fake model ---------------------------------------------------

@@ -29,7 +29,8 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.wait import WebDriverWait
 
-from tests.harness import ServiceHandle, run_gateway, wait_until
+from sentiguard.chaos.client import wait_until
+from sentiguard.chaos.service import ServiceHandle, run_gateway
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 

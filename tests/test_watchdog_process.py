@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from sentiguard.chaos.ports import free_port_block
 from sentiguard.runtime import reload
 from sentiguard.runtime.endpoints import worker
 from sentiguard.runtime.paths import RunDir
@@ -24,7 +25,6 @@ from sentiguard.watchdog.policy import Phase
 from sentiguard.watchdog.probe import probe_ready
 from sentiguard.watchdog.process import Watchdog
 from sentiguard.watchdog.supervisor_client import SupervisorClient
-from tests.harness import free_port_block
 from tests.watchdog_helpers import (
     events,
     make_settings,

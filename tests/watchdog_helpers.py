@@ -31,6 +31,7 @@ if str(ROOT) not in sys.path:  # when run as a script by supervisord
     sys.path.insert(0, str(ROOT))
 
 from sentiguard import settings as settings_mod  # noqa: E402
+from sentiguard.chaos.client import wait_until  # noqa: E402
 from sentiguard.runtime.endpoints import worker  # noqa: E402
 from sentiguard.runtime.memory import MemorySample  # noqa: E402
 from sentiguard.runtime.paths import RunDir, write_private  # noqa: E402
@@ -43,7 +44,6 @@ from sentiguard.watchdog.supervisor_client import (  # noqa: E402
     SupervisorClient,
     SupervisorUnavailable,
 )
-from tests.harness import wait_until  # noqa: E402
 
 HELPERS = Path(__file__).resolve()
 

@@ -54,7 +54,7 @@ def check_python(version: Sequence[int] = tuple(sys.version_info[:3])) -> Result
     )
 
 
-def read_lock(path: Path) -> dict[str, str]:
+def read_requirements_lock(path: Path) -> dict[str, str]:
     """Exact pins `name==version` of a lock file, by canonical name; other lines ignored."""
     pins: dict[str, str] = {}
     for raw in path.read_text(encoding="utf-8").splitlines():
@@ -129,7 +129,7 @@ def check_dependencies(
     missing is fine and a wrong version is only WARN.
     """
     try:
-        pins = read_lock(lock)
+        pins = read_requirements_lock(lock)
     except OSError as e:
         return [fail("dependencies", f"cannot read {lock}: {e}", "restore it from git")]
     if runtime is None:

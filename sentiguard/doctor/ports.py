@@ -2,66 +2,41 @@
 
 from __future__ import annotations
 
-import json
 import socket
-import urllib.request
 
 import psutil
 
 from sentiguard.doctor.report import Result, fail, ok, warn
 from sentiguard.runtime import supervisord
+from sentiguard.runtime.endpoints import WORKER_HOST, workers
+from sentiguard.runtime.net import client_host, get_json, port_free, port_holder
 from sentiguard.runtime.paths import RunDir
 from sentiguard.settings import Settings
 
 # --- ports and the supervisord socket ---------------------------------------------------
 
 
-def _listener(port: int) -> psutil.Process | None:
-    """The process listening on TCP `port`, when this user may see it."""
+def _answers_like(host: str, port: int, path: str, key: str) -> bool:
+    """Whether host:port answers JSON holding `key` on `path`: our gateway or worker, when
+    psutil cannot name the listening process (another user's)."""
     try:
-        conns = psutil.net_connections(kind="tcp")
-    except psutil.AccessDenied:
-        return None
-    for conn in conns:
-        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
-            if conn.pid is None:
-                return None
-            try:
-                return psutil.Process(conn.pid)
-            except psutil.Error:
-                return None
-    return None
-
-
-def _port_free(host: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        # SO_REUSEADDR like the servers themselves, so TIME_WAIT leftovers do not count.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def _answers_like(url: str, key: str) -> bool:
-    """Whether `url` answers JSON holding `key`: our gateway or worker, when psutil
-    cannot name the listening process (another user's)."""
-    try:
-        with urllib.request.urlopen(url, timeout=1.0) as response:
-            return key in json.loads(response.read())
-    except Exception:  # an error page, a 503 with another body, a timeout: not ours
+        _, body = get_json(host, port, path, timeout_s=1.0)
+    except OSError:  # refused, a timeout, not HTTP: not ours
         return False
+    return body is not None and key in body
 
 
 def check_port(
     check: str, host: str, port: int, module: str, probe_path: str, probe_key: str
 ) -> Result:
     """Free, or held by our own `python -m <module>` (the service is up: say so)."""
-    if _port_free(host, port):
+    try:
+        free = port_free(host, port)
+    except OSError:
+        free = False
+    if free:
         return ok(check, f"{host}:{port} free")
-    proc = _listener(port)
+    proc = port_holder(port)
     if proc is not None:
         try:
             cmdline = " ".join(proc.cmdline())
@@ -72,8 +47,7 @@ def check_port(
             return ok(check, f"{host}:{port} in use by our running {module} (pid {proc.pid})")
         who = f"pid {proc.pid} ({name})"
     else:
-        loop = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-        if _answers_like(f"http://{loop}:{port}{probe_path}", probe_key):
+        if _answers_like(client_host(host), port, probe_path, probe_key):
             return ok(check, f"{host}:{port} in use by our running {module}")
         who = "a process this user cannot see"
     return fail(
@@ -96,11 +70,15 @@ def check_ports(settings: Settings) -> list[Result]:
             "reasons",
         )
     ]
-    base = settings.primary.base_port
-    for i in range(settings.primary.workers):
+    for w in workers(settings):
         results.append(
             check_port(
-                f"worker port {i}", "127.0.0.1", base + i, "sentiguard.primary", "/ready", "ready"
+                f"worker port {w.index}",
+                WORKER_HOST,
+                w.port,
+                "sentiguard.primary",
+                "/ready",
+                "ready",
             )
         )
     return results

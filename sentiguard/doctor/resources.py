@@ -8,6 +8,7 @@ from pathlib import Path
 import psutil
 
 from sentiguard.doctor.report import Result, fail, ok, warn
+from sentiguard.runtime.memory import sample
 from sentiguard.runtime.paths import RunDir
 from sentiguard.settings import Settings
 
@@ -53,17 +54,10 @@ def service_rss_mb(settings: Settings) -> float:
     """
     try:
         pid = int(RunDir(settings).supervisord_pid.read_text().strip())
-        root = psutil.Process(pid)
-        tree = [root, *root.children(recursive=True)]
-    except (OSError, ValueError, psutil.Error):
+    except (OSError, ValueError):
         return 0.0
-    total = 0
-    for proc in tree:
-        try:
-            total += proc.memory_info().rss
-        except psutil.Error:
-            continue
-    return total / 2**20
+    measured = sample(pid)
+    return measured.rss_mb if measured is not None else 0.0
 
 
 def check_memory(settings: Settings, available_mb: float | None = None) -> Result:

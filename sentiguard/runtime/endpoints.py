@@ -4,8 +4,9 @@ and loopback port. The one place these are derived from the settings."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from sentiguard.runtime.net import client_host, http_url
+from sentiguard.runtime.net import client_host, get_json, http_url
 from sentiguard.settings import Settings
 
 WORKER_HOST = "127.0.0.1"  # workers bind loopback only: the gateway is the public face
@@ -53,3 +54,13 @@ def gateway_client_host(settings: Settings) -> str:
 def gateway_url(settings: Settings, path: str = "") -> str:
     """The gateway's URL as a client on this host reaches it, e.g. http://127.0.0.1:5000/."""
     return http_url(gateway_client_host(settings), settings.gateway.port, path)
+
+
+def gateway_get_json(
+    settings: Settings, path: str, timeout_s: float
+) -> tuple[int, dict[str, Any] | None]:
+    """GET a gateway route as a client on this host (with the API key when one is set).
+    Raises OSError when nothing answers in time."""
+    key = settings.gateway.api_key
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return get_json(gateway_client_host(settings), settings.gateway.port, path, timeout_s, headers)

@@ -76,17 +76,22 @@ class RunDir:
 def write_private(path: Path, text: str) -> None:
     """Write `text` to a file only this user can read (created 0600, never wider)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str, *, private: bool = True) -> None:
     """Replace `path` with `text` in one rename, so a concurrent reader sees the old
-    content or the new, never a torn file. The file is private to this user."""
+    content or the new, never a torn file. Private (0600) unless `private=False`, which
+    gives the usual mode for a user's own output (0666 less the umask)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text)
+        if not private:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

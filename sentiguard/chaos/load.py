@@ -1,4 +1,4 @@
-"""Closed-loop HTTP load for the resilience scenarios: N clients, each POSTing back to back.
+"""Closed-loop HTTP load for the chaos scenarios: N clients, each POSTing back to back.
 
 The clients run as threads in a few child processes (at most `PER_PROCESS` each), not all in
 the caller's process: 64 threads behind one GIL add their own queueing to every latency

@@ -1,141 +1,44 @@
 """Fault scenarios against a running service: the one copy tests and bench/chaos.py share.
 
 Each scenario drives bounded, closed-loop traffic at 127.0.0.1 (`Load`), injects one fault,
-watches the gateway's /status (`Monitor`) and returns a `Result` of counts and timings. The
-tests assert on the counts (zero failures, reasons present, workers back) and on deadlines
-the contract names (replaced within 5 s, no request past its deadline + 100 ms); the
-benchmark runs the same code longer and prints the numbers.
-
-Timings: *detect* is fault -> the gateway stops counting the worker as ready (or, for a
-hang, fault -> supervisord runs a new process for it); *recover* is fault -> the worker is
-ready again with a new pid.
+watches the gateway's /status (`Monitor`) and returns a `Result` of counts and timings.
+Tests assert on counts (zero failures, reasons present, workers back) and hold timings to
+the service's own promises on the service's own clocks: an answer's latency_ms against
+gateway.deadline_ms, supervisord's start time of a replacement against the watchdog's
+configured probe rounds or the backoff it logged. The benchmark runs the same code longer
+and prints the numbers. No scenario sleeps hoping something happened: it waits, to a
+deadline, for the condition (e.g. the gateway's answered counter growing).
 """
 
 from __future__ import annotations
 
 import contextlib
-import http.client
+import json
 import os
 import random
 import shutil
 import signal
-import threading
 import time
-from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tests.harness import Response, ServiceHandle, wait_until
-from tests.load import TEXTS, Load, Sample
+from sentiguard.chaos.client import Response, answered_total, wait_until
+from sentiguard.chaos.load import TEXTS, Load, Sample
+from sentiguard.chaos.service import ServiceHandle
+from sentiguard.chaos.timeline import FaultTiming, Monitor, Result
+from sentiguard.runtime.endpoints import worker_name
+from sentiguard.runtime.paths import RunDir
+
+WorkerTest = Callable[[dict[str, Any]], bool]
 
 
-@dataclass
-class Observation:
-    at: float
-    workers: dict[str, dict[str, Any]]
+def _ready_with_new_pid(pid: int) -> WorkerTest:
+    return lambda w: bool(w.get("ready")) and w.get("pid") not in (None, pid)
 
 
-class Monitor:
-    """Polls /status in the background, keeping a timeline of each worker's pid and ready."""
-
-    def __init__(self, service: ServiceHandle, interval_s: float = 0.1) -> None:
-        self.service = service
-        self.interval_s = interval_s
-        self.timeline: list[Observation] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Monitor:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            at = time.monotonic()
-            with contextlib.suppress(OSError, ValueError, http.client.HTTPException):
-                workers = {w["name"]: w for w in self.service.get("/status", 2.0).body["workers"]}
-                self.timeline.append(Observation(at, workers))
-            self._stop.wait(self.interval_s)
-
-    def first(self, after: float, name: str, test: Any) -> float | None:
-        """Seconds from `after` to the first observation where `test(worker)` holds."""
-        for obs in list(self.timeline):
-            worker = obs.workers.get(name)
-            if obs.at >= after and worker is not None and test(worker):
-                return obs.at - after
-        return None
-
-
-@dataclass
-class FaultTiming:
-    worker: str
-    pid: int
-    detect_s: float | None
-    recover_s: float | None
-    replaced_s: float | None = None  # hang: until supervisord ran a new process
-
-
-@dataclass
-class Result:
-    """Counts and timings of one scenario run."""
-
-    scenario: str
-    duration_s: float
-    samples: list[Sample] = field(repr=False, default_factory=list)
-    faults: list[FaultTiming] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def statuses(self) -> Counter[int]:
-        return Counter(s.status for s in self.samples)
-
-    @property
-    def failures(self) -> list[Sample]:
-        return [s for s in self.samples if s.status != 200]
-
-    @property
-    def by_model(self) -> Counter[str]:
-        return Counter(f"{s.model}/{s.reason}" for s in self.samples if s.status == 200)
-
-    def latency_quantile(self, q: float, answered_only: bool = True) -> float:
-        values = sorted(s.latency_s for s in self.samples if s.status == 200 or not answered_only)
-        if not values:
-            return float("nan")
-        return values[min(len(values) - 1, int(q * len(values)))]
-
-    def server_quantile(self, q: float) -> float | None:
-        """Quantile of the gateway's own latency_ms over the answered requests."""
-        values = sorted(s.server_ms for s in self.samples if s.server_ms is not None)
-        return values[min(len(values) - 1, int(q * len(values)))] if values else None
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "scenario": self.scenario,
-            "duration_s": round(self.duration_s, 1),
-            "requests": len(self.samples),
-            "statuses": dict(self.statuses),
-            "answers": dict(self.by_model),
-            "p50_ms": round(self.latency_quantile(0.50) * 1000, 1),
-            "p99_ms": round(self.latency_quantile(0.99) * 1000, 1),
-            "max_ms": round(max((s.latency_s for s in self.samples), default=0) * 1000, 1),
-            "server_p99_ms": self.server_quantile(0.99),
-            "faults": [vars(f) for f in self.faults],
-            "load_avg_1m": round(os.getloadavg()[0], 1),
-            **self.extra,
-        }
-
-
-def _ready_with_new_pid(pid: int) -> Any:
-    return lambda w: w.get("ready") and w.get("pid") not in (None, pid)
-
-
-def _not_ready(pid: int) -> Any:
+def _not_ready(pid: int) -> WorkerTest:
     return lambda w: not w.get("ready") or w.get("pid") != pid or w.get("state") != "ready"
 
 
@@ -143,6 +46,46 @@ def _not_ready(pid: int) -> Any:
 def _running(service: ServiceHandle, clients: int) -> Iterator[tuple[Load, Monitor]]:
     with Monitor(service) as monitor, Load(service.port, clients) as load:
         yield load, monitor
+
+
+def wait_for_traffic(service: ServiceHandle, answers: int, timeout_s: float = 60.0) -> None:
+    """Wait until the gateway has answered `answers` more requests (its own counter)."""
+    before = answered_total(service.port)
+    wait_until(
+        lambda: answered_total(service.port) >= before + answers,
+        timeout_s,
+        f"the gateway to answer {answers} requests of the load",
+        0.05,
+    )
+
+
+def watchdog_decisions(service: ServiceHandle) -> list[dict[str, Any]]:
+    """Every decision the watchdog logged (watchdog.jsonl), oldest first."""
+    decisions = []
+    path = RunDir(service.settings).watchdog_log
+    with contextlib.suppress(FileNotFoundError):
+        for line in path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                doc = json.loads(line)
+                if isinstance(doc, dict):
+                    decisions.append(doc)
+    return decisions
+
+
+def wall_ts(record: dict[str, Any]) -> float:
+    """A log record's `ts` (ISO 8601, UTC) as wall-clock seconds."""
+    return datetime.fromisoformat(str(record["ts"]).replace("Z", "+00:00")).timestamp()
+
+
+def hang_budget_s(service: ServiceHandle) -> float:
+    """The watchdog's own promise for replacing a hung worker, from its settings.
+
+    A worker stopped just after a good probe is probed `probe_failures` more rounds, each
+    an interval plus at most the probe timeout; one more round carries out the kill and the
+    start. supervisord's start time is truncated to a whole second, never late.
+    """
+    w = service.settings.watchdog
+    return w.probe_failures * (w.interval_s + w.probe_timeout_ms / 1000) + 2 * w.interval_s
 
 
 def kill(
@@ -161,13 +104,13 @@ def kill(
     with _running(service, clients) as (load, monitor):
         next_kill = start
         while time.monotonic() - start < duration_s:
-            time.sleep(max(0.0, next_kill - time.monotonic()))
+            time.sleep(max(0.0, next_kill - time.monotonic()))  # the kill schedule
             index = rng.randrange(service.workers)
             pid = service.supervisor_pid(index)
             if pid:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                    kills.append((time.monotonic(), f"primary_{index}", pid))
+                    kills.append((time.monotonic(), worker_name(index), pid))
                     last_kill_wall = time.time()
             next_kill += every_s
         # Keep the load on until every worker is back, so the recovery is measured too.
@@ -176,12 +119,20 @@ def kill(
         load.stop()
     result = Result("kill", time.monotonic() - start, load.snapshot())
     if kills:
-        last = service.rpc().supervisor.getProcessInfo(f"primary:{kills[-1][1]}")
+        _, name, pid = kills[-1]
+        last = service.rpc().supervisor.getProcessInfo(f"primary:{name}")
+        # The backoff the watchdog announced for the death that followed the last kill.
+        announced = [
+            float(d["backoff_s"])
+            for d in watchdog_decisions(service)
+            if d.get("worker") == name and "backoff_s" in d and wall_ts(d) >= last_kill_wall
+        ]
         result.extra.update(
             ready_after_last_kill_s=round(all_ready_at - kills[-1][0], 1),
             # The watchdog's part (backoff) and the worker's part (import + model load);
             # supervisord's start time has a resolution of one second.
             restarted_after_last_kill_s=round(last["start"] - last_kill_wall, 1),
+            last_kill_backoff_s=announced[0] if announced else None,
             last_load_s=round(all_ready_wall - last["start"], 1),
         )
     for at, name, pid in kills:
@@ -201,16 +152,15 @@ def hang(
     service: ServiceHandle,
     index: int = 0,
     clients: int = 8,
-    settle_s: float = 2.0,
     recover_timeout_s: float = 300.0,
 ) -> Result:
     """SIGSTOP worker `index` under load; wait until it is replaced and ready again."""
     pid = service.supervisor_pid(index)
-    name = f"primary_{index}"
+    name = worker_name(index)
     start = time.monotonic()
     with _running(service, clients) as (load, monitor):
-        time.sleep(settle_s)  # some traffic before the fault, so both workers carry load
-        at = time.monotonic()
+        wait_for_traffic(service, 2 * clients)  # traffic before the fault, on both workers
+        at, at_wall = time.monotonic(), time.time()
         os.kill(pid, signal.SIGSTOP)
         try:
             replaced = wait_until(
@@ -218,6 +168,7 @@ def hang(
                 recover_timeout_s,
                 f"{name} (pid {pid}, stopped) to be replaced",
             )
+            info = service.rpc().supervisor.getProcessInfo(f"primary:{name}")
             wait_until(service.all_ready, recover_timeout_s, f"{name} ready after the hang", 0.5)
         finally:
             # A failed run must not leave a stopped process behind the shared service.
@@ -234,7 +185,19 @@ def hang(
             replaced - at,
         )
     )
-    result.extra["deadline_ms"] = service.settings.gateway.deadline_ms
+    decided = [
+        d
+        for d in watchdog_decisions(service)
+        if d.get("worker") == name and d.get("pid") == pid and d.get("reason") == "hang"
+    ]
+    result.extra.update(
+        deadline_ms=service.settings.gateway.deadline_ms,
+        # On the service's clocks: supervisord's start of the new process, the watchdog's
+        # decision; both against the wall-clock moment of the SIGSTOP.
+        replaced_by_supervisord_s=round(float(info["start"]) - at_wall, 2),
+        hang_decided_s=round(wall_ts(decided[0]) - at_wall, 2) if decided else None,
+        hang_budget_s=hang_budget_s(service),
+    )
     return result
 
 
@@ -243,6 +206,7 @@ def hang(
 # memory_critical_mb, so the recycle is the ordinary drained one.
 LEAK_LIMIT_MB = 600
 LEAK_STEP_MB = 32
+LEAK_STEP_PAUSE_S = 0.05  # pacing of the leak's growth, not a wait for anything
 
 
 def worker_memory_mb(service: ServiceHandle, index: int) -> float:
@@ -259,7 +223,7 @@ def leak(
     recover_timeout_s: float = 300.0,
 ) -> Result:
     """Make worker `index` leak past watchdog.memory_limit_mb; wait for its recycle."""
-    name = f"primary_{index}"
+    name = worker_name(index)
     limit = service.settings.watchdog.memory_limit_mb
     pid = service.supervisor_pid(index)
     # /status carries memory once the watchdog reported it.
@@ -267,7 +231,7 @@ def leak(
     leak_mb = max(1, int(limit - now_mb + over_mb))
     start = time.monotonic()
     with _running(service, clients) as (load, monitor):
-        time.sleep(1.0)
+        wait_for_traffic(service, 2 * clients)
         at = time.monotonic()
         # Grow in steps, as a real leak does: one huge allocation holds the worker's GIL
         # long enough to time out the requests it is serving, which is another fault.
@@ -277,7 +241,7 @@ def leak(
             response = service.fault(index, {"kind": "leak", "mb": step})
             assert response.status == 200, f"leak fault: {response.status} {response.body}"
             left -= step
-            time.sleep(0.05)
+            time.sleep(LEAK_STEP_PAUSE_S)
         wait_until(
             lambda: service.supervisor_pid(index) not in (0, pid),
             recover_timeout_s,
@@ -305,10 +269,10 @@ def leak(
 
 
 def steady(service: ServiceHandle, clients: int, duration_s: float) -> Result:
-    """Plain load, no fault: the baseline the overload run is compared with."""
+    """Plain load for a measured window, no fault: the baseline overload is compared with."""
     start = time.monotonic()
     with Load(service.port, clients) as load:
-        time.sleep(duration_s)
+        time.sleep(duration_s)  # the measuring window itself
     return Result(f"steady{clients}", time.monotonic() - start, load.snapshot())
 
 
@@ -319,7 +283,7 @@ def overload(
     base = steady(service, 8, baseline_s)
     start = time.monotonic()
     with Load(service.port, clients) as load:
-        time.sleep(duration_s)
+        time.sleep(duration_s)  # the measuring window itself
     result = Result("overload", time.monotonic() - start, load.snapshot())
     primary_rate = result.by_model.get("primary/None", 0) / result.duration_s
     base_rate = base.by_model.get("primary/None", 0) / base.duration_s
@@ -335,26 +299,31 @@ def overload(
 def broken_model(service: ServiceHandle, window_s: float = 60.0) -> Result:
     """A service whose primary model cannot load: fallback answers, /health says why.
 
-    `service` was started (without waiting for readiness) on a corrupt model. Measures the
-    time from `up` to the first answer and to a /health that names the cause (a parked
-    worker), then keeps asking for `window_s` and counts how often supervisord started a
-    worker since `up`.
+    `service` was started (without waiting for readiness) on a corrupt model. Waits for
+    the gateway's own /ready, then asks once: that first answer must already come from the
+    fallback (`first_answer`), nothing waits for the primary. Then waits for /status to
+    show every worker parked, and keeps asking for `window_s`, counting how often
+    supervisord started a worker meanwhile (`spawns_in_window`; parked means none).
     """
-
-    def answered() -> Response | None:
-        r = service.analyze(TEXTS[0], timeout=5.0)
-        return r if r.status == 200 else None
-
-    def cause_shown() -> Response | None:
-        r = service.get("/health")
-        reasons = r.body.get("reasons", []) if isinstance(r.body, dict) else []
-        return r if any("parked" in str(reason) for reason in reasons) else None
-
-    first = wait_until(answered, 120.0, "an answer from the service with a broken primary", 0.25)
+    wait_until(
+        lambda: service.get("/ready", 3.0).status == 200,
+        300.0,
+        "the gateway's /ready with a broken primary",
+        0.25,
+    )
+    first = service.analyze(TEXTS[0], timeout=30.0)
     answered_s = time.monotonic() - service.started_at
+
+    def all_parked() -> Response | None:
+        workers = service.status()["workers"]
+        if len(workers) == service.workers and all(w["state"] == "parked" for w in workers):
+            return service.get("/health")
+        return None
+
     # Workers first import torch (slow on busy cores), then fail to load and get parked.
-    cause = wait_until(cause_shown, 300.0, "/health to name the parked workers", 0.25)
+    cause = wait_until(all_parked, 300.0, "/status to show every worker parked", 0.25)
     cause_s = time.monotonic() - service.started_at
+    spawns_before = _spawns(service)
     watch_start = time.monotonic()
     samples: list[Sample] = []
     while time.monotonic() - watch_start < window_s:
@@ -362,16 +331,20 @@ def broken_model(service: ServiceHandle, window_s: float = 60.0) -> Result:
         r = service.analyze(TEXTS[1], timeout=5.0)
         body = r.body if isinstance(r.body, dict) else {}
         samples.append(Sample(t, r.elapsed_s, r.status, body.get("model"), body.get("reason")))
-        time.sleep(0.5)
+        time.sleep(0.5)  # the pace of the watch, not a wait for anything
     since_up_min = (time.monotonic() - service.started_at) / 60.0
     result = Result("broken_model", time.monotonic() - watch_start, samples)
-    restarts = _spawns(service) - service.workers  # the first start of each is not a restart
+    spawns = _spawns(service)
+    restarts = spawns - service.workers  # the first start of each is not a restart
+    first_body = first.body if isinstance(first.body, dict) else {}
     result.extra.update(
         first_answer_s=round(answered_s, 1),
-        first_answer=first.body,
+        first_answer={"status": first.status, **first_body},
         cause_shown_s=round(cause_s, 1),
         health=service.get("/health").body,
         health_at_cause=cause.body,
+        spawns_in_window=spawns - spawns_before,
+        park_retry_s=service.settings.watchdog.park_retry_s,
         restarts=restarts,
         restarts_per_worker_per_min=round(restarts / service.workers / since_up_min, 2),
         workers=service.workers,
@@ -381,7 +354,7 @@ def broken_model(service: ServiceHandle, window_s: float = 60.0) -> Result:
 
 def _spawns(service: ServiceHandle) -> int:
     """How many times supervisord has started a primary worker (from its log)."""
-    path = service.log_dir / "supervisord.log"
+    path = RunDir(service.settings).log("supervisord")
     try:
         return path.read_text(errors="replace").count("spawned: 'primary_")
     except FileNotFoundError:
@@ -394,7 +367,9 @@ def corrupt_copy(source: Path, target: Path) -> list[str]:
     weights = [
         p for p in target.rglob("*") if p.suffix in (".bin", ".safetensors", ".pt", ".pth", ".onnx")
     ]
-    assert weights, f"no weight file to corrupt in {source}: {sorted(target.rglob('*'))}"
+    if not weights:
+        found = sorted(target.rglob("*"))
+        raise FileNotFoundError(f"no weight file to corrupt in {source}: {found}")
     for p in weights:
         p.write_bytes(b"\x00not a model\xff" * (max(1, p.stat().st_size) // 13 + 1))
     return [p.name for p in weights]
