@@ -228,13 +228,13 @@ def bench(seconds: float, levels: list[int], rounds: int) -> None:
         for server in servers.values():
             server.wait_ready()
         print(
-            f"model {settings.get('primary.model')}  sequence_length "
-            f"{settings.get('primary.sequence_length')}  max_batch_size "
-            f"{settings.get('primary.max_batch_size')}  max_batch_wait_ms "
-            f"{settings.get('primary.max_batch_wait_ms')}  batch_lanes "
+            f"model {settings.primary.model}  sequence_length "
+            f"{settings.primary.sequence_length}  max_batch_size "
+            f"{settings.primary.max_batch_size}  max_batch_wait_ms "
+            f"{settings.primary.max_batch_wait_ms}  batch_lanes "
             f"{servers['batched'].events()['worker_ready']['batch_lanes']}  torch_threads "
-            f"{settings.get('primary.torch_threads')}  server_threads "
-            f"{settings.get('primary.server_threads')}  cores {os.cpu_count()}\n"
+            f"{settings.primary.torch_threads}  server_threads "
+            f"{settings.primary.server_threads}  cores {os.cpu_count()}\n"
             f"{seconds:g} s per level and server, in {rounds} alternating slices; "
             f"one held-out review per request"
         )

@@ -155,10 +155,15 @@ class FakeWorker:
         self.refuse()
 
 
-def make_settings(*, check: bool = True, **overrides: Any) -> settings_mod.Settings:
-    """Built-in defaults plus `overrides` ({"gateway.deadline_ms": 500}); no env, no file.
-    `check=False` builds settings the service would refuse (to test that it does)."""
-    return settings_mod.load(None, environ={}, overrides=overrides, check=check)
+def make_settings(**overrides: Any) -> settings_mod.Settings:
+    """Built-in defaults plus `overrides` ({"gateway.deadline_ms": 500}); no env, no file."""
+    return settings_mod.load(None, environ={}, overrides=overrides)
+
+
+def make_unchecked_settings(**overrides: Any) -> settings_mod.Settings:
+    """Like `make_settings`, without the rules between settings: settings the service
+    would refuse, to test that it does."""
+    return settings_mod.load(None, environ={}, overrides=overrides, check=False)
 
 
 class ListLog(EventLog):

@@ -335,7 +335,8 @@ def test_live_supervisord_reports_program_states(
     settings = socket_settings(run_dir)
     infos = [{"name": f"primary_{i}", "statename": s} for i, s in enumerate(states)]
     server = UnixXMLRPCServer(
-        str(RunDir(settings).supervisor_socket),
+        # a unix socket's address is its path; typeshed only knows (host, port)
+        str(RunDir(settings).supervisor_socket),  # type: ignore[arg-type]
         requestHandler=UnixRequestHandler,
         logRequests=False,
     )

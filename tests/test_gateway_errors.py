@@ -230,10 +230,10 @@ def test_every_app_renders_every_error_in_the_one_shape(
 ) -> None:
     app, headers = make(tmp_path)
 
-    def ours() -> None:
+    def ours() -> str:
         raise BadRequest("a message that says what to send", code="made_up")
 
-    def boom() -> None:
+    def boom() -> str:
         raise RuntimeError("secret detail")
 
     app.add_url_rule("/_test/ours", view_func=ours)

@@ -60,7 +60,8 @@ def health(worker: Worker, timeout: float = 10) -> dict[str, Any]:
 
 
 def test_bad_fault_requests_are_400(faulty: Worker) -> None:
-    for body in ({"kind": "melt"}, {"kind": "leak"}, {"kind": "hang", "seconds": -1}, []):
+    bodies: list[Any] = [{"kind": "melt"}, {"kind": "leak"}, {"kind": "hang", "seconds": -1}, []]
+    for body in bodies:
         r = requests.post(faulty.url + "/_fault", json=body, timeout=10)
         assert r.status_code == 400 and r.json()["error"]["code"] == "bad_request"
 

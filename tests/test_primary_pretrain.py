@@ -36,7 +36,8 @@ def test_chunks_keep_every_word_within_the_limit_and_prefer_sentence_ends() -> N
 def test_whole_words_are_masked_together_at_about_the_rate() -> None:
     rng = random.Random(3)
     # 200 words of 1-3 tokens; token ids 10.. with one [UNK] (id 1)
-    word_of, ids = [], []
+    word_of: list[int] = []
+    ids: list[int] = []
     for w in range(200):
         for _ in range(rng.randint(1, 3)):
             word_of.append(w)

@@ -66,7 +66,11 @@ def send_in_order(
         if len(threads) == 1:
             wait_until(lambda: model.calls, 5, "the first batch to start")
         else:
-            wait_until(lambda n=name: n in queued(batcher), 5, name)
+
+            def is_queued(text: str = name) -> bool:
+                return text in queued(batcher)
+
+            wait_until(is_queued, 5, name)
     return threads
 
 

@@ -130,7 +130,8 @@ def ask(driver: WebDriver, text: str) -> WebElement:
 def severe_console_errors(driver: WebDriver) -> list[str]:
     """Console errors of the page; a failed favicon or 4xx the test caused on purpose aside."""
     try:
-        entries = driver.get_log("browser")
+        # Chrome's driver has get_log; the generic WebDriver type does not declare it.
+        entries = driver.get_log("browser")  # type: ignore[attr-defined]
     except WebDriverException:
         return []
     return [

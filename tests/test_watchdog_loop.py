@@ -54,7 +54,7 @@ class Rig:
         self.wd = Watchdog(
             settings,
             supervisor=self.sup,  # type: ignore[arg-type]
-            gateway=self.gw,
+            gateway=self.gw,  # type: ignore[arg-type]
             sample=self.workers.sample,
             health=self.workers.health,
             ready=self.workers.ready,

@@ -8,6 +8,7 @@ import psutil
 import pytest
 
 from sentiguard.watchdog.supervisor_client import (
+    ProcessInfo,
     ProcessState,
     SupervisorClient,
     SupervisorUnavailable,
@@ -21,9 +22,12 @@ def test_start_stop_state_pid(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
     with running_supervisord(settings, "sleep 1000"):
         client = SupervisorClient(settings)
-        procs = wait_until(
-            lambda: (p := client.processes()) and all(i.pid for i in p.values()) and p
-        )
+
+        def all_started() -> dict[str, ProcessInfo] | None:
+            procs = client.processes()
+            return procs if all(i.pid for i in procs.values()) else None
+
+        procs = wait_until(all_started, what="both workers started")
         assert sorted(procs) == ["primary_0", "primary_1"]
         info = procs["primary_0"]
         assert info.state is ProcessState.RUNNING and info.namespec == "primary:primary_0"
@@ -39,7 +43,12 @@ def test_start_stop_state_pid(tmp_path: Path) -> None:
 
         client.start("primary_0")
         client.start("primary_0")  # nor is starting a started one
-        started = wait_until(lambda: (i := client.info("primary_0")).pid and i)
+
+        def restarted() -> ProcessInfo | None:
+            info = client.info("primary_0")
+            return info if info.pid else None
+
+        started = wait_until(restarted, what="primary_0 started again")
         assert started.state.alive and started.pid != info.pid
         assert client.info("primary_1").pid == procs["primary_1"].pid  # untouched
 
@@ -48,7 +57,12 @@ def test_exit_status_is_reported(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, primary__workers=1)
     with running_supervisord(settings, "sh -c 'echo model_load_failed; exit 4'"):
         client = SupervisorClient(settings)
-        info = wait_until(lambda: (i := client.info("primary_0")).state.dead and i)
+
+        def exited() -> ProcessInfo | None:
+            info = client.info("primary_0")
+            return info if info.state.dead else None
+
+        info = wait_until(exited, what="primary_0 exited")
         # startsecs = 0: even a fast exit keeps its code (EXITED, not BACKOFF).
         assert info.state is ProcessState.EXITED and info.exitstatus == 4
         assert "model_load_failed" in client.tail_log("primary_0")
