@@ -19,6 +19,8 @@ import time
 from enum import StrEnum
 from typing import Any
 
+from sentiguard.runtime.endpoints import WORKER_HOST
+
 
 class FailureKind(StrEnum):
     CONNECT = "connect"
@@ -43,7 +45,7 @@ _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 class WorkerClient:
     """JSON over HTTP to workers on `host`; one pooled connection per (thread, port)."""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = WORKER_HOST) -> None:
         self.host = host
         self._local = threading.local()
         # Every open connection of every thread, so `close_all` can close them at shutdown
