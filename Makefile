@@ -8,7 +8,9 @@ STAMP := $(VENV)/.installed
 FALLBACK := models/fallback/manifest.json
 PRIMARY := models/primary/manifest.json
 PYTEST_ARGS ?=
-APT_PACKAGES := chromium chromium-driver prometheus
+# Debian packages `make test` needs: the browser and its driver (web UI tests), promtool
+# (alert rules), a CJK font and fc-list (without one, Chinese renders as empty boxes).
+APT_PACKAGES := chromium chromium-driver prometheus fonts-noto-cjk fontconfig
 
 .PHONY: install run test check format lock bench clean
 
@@ -39,8 +41,9 @@ check: $(STAMP)
 test: install check
 	@missing=""; \
 	for tool in chromium chromedriver promtool; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	[ -n "$$(fc-list :lang=zh family 2>/dev/null)" ] || missing="$$missing fonts-noto-cjk"; \
 	if [ -n "$$missing" ]; then \
-	  echo "make test needs:$$missing (web UI tests in Chromium, alert rules checked by promtool)."; \
+	  echo "make test needs:$$missing (web UI tests in Chromium, with Chinese glyphs; alert rules checked by promtool)."; \
 	  echo "Install them with: sudo apt-get update && sudo apt-get install -y $(APT_PACKAGES)"; \
 	  exit 1; fi
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -5,6 +5,10 @@ worker pointed at a port where nothing listens: no worker is ready, so every ans
 from the in-process fallback with reason `primary_down`, the degraded case of the UI.
 Each test starts from a fresh page with empty localStorage.
 
+The phone tests emulate a 390 x 844 screen through the DevTools protocol; the glyph test
+fails when Chinese renders as missing-glyph boxes (no CJK font: `apt-get install
+fonts-noto-cjk`).
+
 Screenshots go to a temporary directory; set UI_SCREENSHOT_DIR=docs/screenshots to
 refresh the committed ones (they are not rewritten on every run, so `make test` leaves
 the tree clean).
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -51,13 +56,13 @@ def downloads(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("downloads")
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory, downloads: Path) -> Iterator[WebDriver]:
+def start_chromium(profile: Path, env: dict[str, str] | None = None) -> WebDriver:
+    """Headless Chromium at 1280 x 1000; `env` replaces the environment of the browser."""
     for binary in (CHROMIUM, CHROMEDRIVER):
         if not os.access(binary, os.X_OK):
             pytest.fail(
-                f"{binary} is missing. Install Debian's browser for the UI tests: "
-                f"sudo apt-get update && sudo apt-get install -y chromium chromium-driver"
+                f"{binary} is missing. Install Debian's browser for the UI tests: sudo apt-get "
+                f"update && sudo apt-get install -y chromium chromium-driver fonts-noto-cjk"
             )
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
@@ -71,11 +76,16 @@ def browser(tmp_path_factory: pytest.TempPathFactory, downloads: Path) -> Iterat
         "--disable-component-update",
         "--disable-sync",
         "--window-size=1280,1000",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+        f"--user-data-dir={profile}",
     ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER, env=env), options=options)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory, downloads: Path) -> Iterator[WebDriver]:
+    driver = start_chromium(tmp_path_factory.mktemp("chromium-profile"))
     try:
         driver.execute_cdp_cmd(
             "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
@@ -412,6 +422,223 @@ def test_api_key_is_asked_for_kept_and_sent(
         assert answer[0].text == "正面 Positive"
         browser.refresh()  # the key is kept in this browser
         assert browser.execute_script("return localStorage.getItem('sentiguard.apiKey')") == key
+
+
+PHONE = {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True}
+
+LAYOUT = """
+// What breaks a phone layout: boxes that stick out sideways, and boxes that scroll inside
+// the scrolling page. Visible elements only; the page itself (html, body) is the one
+// scrolling area it should have.
+const width = window.innerWidth;
+const name = (e) => e.tagName.toLowerCase() + (e.id ? "#" + e.id : "")
+    + (typeof e.className === "string" && e.className.trim()
+        ? "." + e.className.trim().split(/\\s+/).join(".") : "");
+const scrolls = (overflow) => ["auto", "scroll", "overlay"].includes(overflow);
+const wide = [];
+const scrolling = [];
+for (const e of document.querySelectorAll("body *")) {
+    const style = getComputedStyle(e);
+    if (style.visibility === "hidden" || !e.getClientRects().length) continue;
+    const r = e.getBoundingClientRect();
+    if (r.width === 0 && r.height === 0) continue;
+    if (r.right > width + 0.5 || r.left < -0.5) {
+        wide.push(`${name(e)} ${r.left.toFixed(1)}..${r.right.toFixed(1)}`);
+    }
+    if ((scrolls(style.overflowY) && e.scrollHeight > e.clientHeight)
+            || (scrolls(style.overflowX) && e.scrollWidth > e.clientWidth)) {
+        scrolling.push(`${name(e)}: ${e.scrollHeight} px in ${e.clientHeight} px`);
+    }
+}
+const texts = [...document.querySelectorAll("#batch-table td.text")];
+return {
+    width, scrollWidth: document.documentElement.scrollWidth,
+    pageHeight: document.documentElement.scrollHeight, height: window.innerHeight,
+    wide, scrolling,
+    narrowestReview: Math.min(...texts.map((td) => td.getBoundingClientRect().width)),
+};
+"""
+
+UNMARKED_ENGLISH = """
+// Text of the UI's own words with Latin letters whose language is not English: the
+// page is lang="zh-CN", so those are read aloud as Chinese. Reviews (user text) and the
+// review box are not the UI's words.
+const found = [];
+const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    const parent = node.parentElement;
+    if (!/[A-Za-z]/.test(node.data) || !parent.getClientRects().length) continue;
+    if (parent.closest(".user, td.text, textarea, script, style")) continue;
+    const lang = parent.closest("[lang]").lang;
+    if (!lang.startsWith("en")) found.push(`${parent.tagName.toLowerCase()}: ${node.data.trim()}`);
+}
+return found;
+"""
+
+
+def analyse_a_little(driver: WebDriver, tmp_path: Path) -> None:
+    """Four single reviews (enough to outgrow the desktop's 420 px conversation box) and a
+    40-row batch with the awkward rows of write_batch_csv (a 5001-character review too)."""
+    for review in ["这家酒店服务很好，房间干净，早餐也丰富。", "太差了，房间又脏又吵。"] * 2:
+        ask(driver, review)
+    source = tmp_path / "phone.csv"
+    write_batch_csv(source, 40)
+    by_id(driver, "batch-file").send_keys(str(source))
+    by_id(driver, "batch-start").click()
+    wait_for(driver, lambda d: by_id(d, "batch-result").is_displayed(), 60)
+
+
+@pytest.fixture
+def phone(page: WebDriver) -> Iterator[WebDriver]:
+    """The fresh page on a 390 x 844 phone screen (mobile viewport), back to desktop after."""
+    page.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", PHONE)
+    try:
+        page.refresh()
+        wait_for(page, lambda d: d.execute_script("return window.innerWidth") == PHONE["width"])
+        wait_for(page, lambda d: by_id(d, "review-input").is_enabled())
+        yield page
+    finally:
+        page.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def test_phone_layout_fits_the_screen_and_only_the_page_scrolls(
+    phone: WebDriver, tmp_path: Path, shots: Callable[[WebDriver, str], None]
+) -> None:
+    analyse_a_little(phone, tmp_path)
+    phone.execute_script("window.scrollTo(0, 0)")
+    shots(phone, "08-phone-single")
+    layout = phone.execute_script(LAYOUT)
+    assert layout["width"] == PHONE["width"]
+    assert layout["wide"] == [], "elements wider than the phone screen"
+    assert layout["scrollWidth"] <= layout["width"], "the page scrolls sideways"
+    assert layout["scrolling"] == [], "boxes that scroll inside the page"
+    assert layout["pageHeight"] > layout["height"]  # so the page is the one scrolling area
+    # results are cards: a review gets the card's width, not a column of a few characters
+    assert layout["narrowestReview"] > 0.75 * PHONE["width"]
+    rows = phone.find_elements(By.CSS_SELECTOR, "#batch-table tbody tr")
+    assert len(rows) == 40
+    assert phone.execute_script("return getComputedStyle(arguments[0]).display", rows[0]) == "flex"
+    assert "第二行" in rows[1].text and "empty" in rows[2].text
+    assert "模型 Model: fallback" in rows[0].text
+    phone.execute_script("arguments[0].scrollIntoView()", by_id(phone, "batch-table-title"))
+    shots(phone, "09-phone-batch")
+
+
+def test_desktop_keeps_the_results_table(page: WebDriver, tmp_path: Path) -> None:
+    analyse_a_little(page, tmp_path)
+    row = page.find_element(By.CSS_SELECTOR, "#batch-table tbody tr")
+    assert page.execute_script("return getComputedStyle(arguments[0]).display", row) == "table-row"
+    assert not row.find_element(By.CSS_SELECTOR, ".card-caption").is_displayed()
+    assert page.execute_script("return window.innerWidth") == 1280
+    # the English half of every label is marked lang="en" for screen readers
+    assert page.execute_script(UNMARKED_ENGLISH) == []
+    assert page.find_element(By.CSS_SELECTOR, ".answer .label span").get_attribute("lang") == "en"
+
+
+GLYPHS = """
+// Each character of arguments[1] drawn alone on a canvas in the font of arguments[0];
+// the pictures as data URLs.
+const style = getComputedStyle(arguments[0]);
+const canvas = document.createElement("canvas");
+canvas.width = canvas.height = 48;
+const ctx = canvas.getContext("2d");
+ctx.font = `${style.fontWeight} 32px ${style.fontFamily}`;
+ctx.textBaseline = "top";
+return [...arguments[1]].map((c) => {
+    ctx.clearRect(0, 0, 48, 48);
+    ctx.fillText(c, 4, 4);
+    return canvas.toDataURL();
+});
+"""
+NOTDEF = "\u0378"  # a code point Unicode never assigned: no font has a glyph for it
+
+
+def missing_glyphs(driver: WebDriver) -> tuple[str, str]:
+    """(the Chinese characters on the page, those drawn as missing-glyph boxes).
+
+    A character no installed font covers is drawn as the .notdef box ("tofu"): the same
+    picture for every such character, and the same as for U+0378. So a Han character is
+    missing when its picture equals that of U+0378 or of another character; real glyphs
+    all differ. Drawn in the computed font of the first answer's label (bold) and of the
+    page, through the same font fallback as the page's text.
+    """
+    han = driver.execute_script(
+        "return [...new Set(document.body.innerText.match(/\\p{Script=Han}/gu))].join('')"
+    )
+    missing: set[str] = set()
+    for node in driver.find_elements(By.CSS_SELECTOR, ".answer .label, main"):
+        pictures: list[str] = driver.execute_script(GLYPHS, node, han + NOTDEF)
+        notdef = pictures[-1]
+        missing.update(
+            c
+            for c, picture in zip(han, pictures, strict=False)
+            if picture == notdef or pictures.count(picture) > 1
+        )
+    return han, "".join(sorted(missing))
+
+
+def test_chinese_renders_as_real_glyphs(page: WebDriver) -> None:
+    """Fails on a machine without a CJK font, where every Chinese label is an empty box.
+
+    Verified both ways: it passes with fonts-noto-cjk, and it fails (every character
+    missing) when the run is given a fontconfig that lists every installed font but the
+    CJK ones (the fonts.conf of fontconfig_without_cjk below): `FONTCONFIG_FILE=.../fonts.conf
+    pytest tests/test_ui_browser.py -k real_glyphs`. The next test keeps that second half
+    checked on every run.
+    """
+    ask(page, "正面负面很好吃，物流很快。")
+    han, missing = missing_glyphs(page)
+    assert len(han) > 40  # the labels, headings and the review
+    fonts = subprocess.run(
+        ["fc-list", ":lang=zh", "family"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    assert not missing, (
+        f"Chinese renders as missing-glyph boxes for {missing!r} (CJK fonts found by "
+        f"fontconfig: {fonts or 'none'}). Install one: sudo apt-get install -y fonts-noto-cjk"
+    )
+
+
+def font_files(*pattern: str) -> set[str]:
+    """The font files fontconfig lists for an fc-list pattern (all without one)."""
+    listed = subprocess.run(
+        ["fc-list", "--format", "%{file}\\n", *pattern], capture_output=True, text=True, check=True
+    )
+    return set(listed.stdout.splitlines())
+
+
+def fontconfig_without_cjk(folder: Path) -> Path:
+    """A fonts.conf listing every installed font file but those with Chinese glyphs."""
+    fonts = folder / "fonts"
+    fonts.mkdir(parents=True)
+    cjk = font_files(":charset=4e2d") | font_files(":lang=zh")
+    for i, file in enumerate(sorted(font_files() - cjk)):
+        (fonts / f"{i}-{Path(file).name}").symlink_to(file)
+    conf = folder / "fonts.conf"
+    conf.write_text(
+        '<?xml version="1.0"?>\n<!DOCTYPE fontconfig SYSTEM "fonts.dtd">\n'
+        f"<fontconfig><dir>{fonts}</dir><cachedir>{folder / 'cache'}</cachedir></fontconfig>\n",
+        encoding="utf-8",
+    )
+    return conf
+
+
+def test_glyph_check_sees_missing_glyphs_without_a_cjk_font(gateway: str, tmp_path: Path) -> None:
+    """The check of the test above is not vacuous: in a Chromium whose fontconfig has no
+    CJK font (this machine's fonts minus the CJK ones), every Chinese character is found
+    missing."""
+    if not os.access("/usr/bin/fc-list", os.X_OK):
+        pytest.fail("fc-list is missing: sudo apt-get install -y fontconfig")
+    env = {**os.environ, "FONTCONFIG_FILE": str(fontconfig_without_cjk(tmp_path / "fc"))}
+    driver = start_chromium(tmp_path / "profile", env)
+    try:
+        driver.get(gateway + "/")
+        wait_for(driver, lambda d: d.find_element(By.ID, "review-input").is_enabled())
+        ask(driver, "正面负面很好吃，物流很快。")
+        han, missing = missing_glyphs(driver)
+        assert len(han) > 40
+        assert missing == "".join(sorted(han))
+    finally:
+        driver.quit()
 
 
 @pytest.mark.slow

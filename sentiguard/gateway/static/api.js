@@ -1,6 +1,6 @@
 // The gateway's API: POST /analyze with the stored API key, the limits it states in
 // /openapi.json, and /health for the status pill.
-import { $, reasonWords } from "./ui.js";
+import { $, reasonWords, setWords } from "./ui.js";
 import { MAX_FILE_BYTES, MAX_ROWS } from "./reviews.js";
 
 const KEY_STORAGE = "sentiguard.apiKey";
@@ -20,7 +20,7 @@ export class ApiError extends Error {
   }
 }
 
-function apiKey() {
+export function apiKey() {
   try {
     return localStorage.getItem(KEY_STORAGE) || "";
   } catch {
@@ -121,19 +121,19 @@ export async function pollHealth() {
     const response = await fetch("/health");
     const body = await response.json();
     if (body.status === "ok") {
-      pill.textContent = "服务正常 Service OK";
+      setWords(pill, "服务正常 Service OK");
       pill.title = "";
       pill.className = "status-pill ok";
     } else {
       // /health gives one sentence per reason; the first is the headline, all are in
       // the tooltip.
       const reasons = (body.reasons || []).map((r) => reasonWords(r.reason || r));
-      pill.textContent = `服务降级 Service degraded${reasons.length ? `: ${reasons[0]}` : ""}`;
+      setWords(pill, `服务降级 Service degraded${reasons.length ? `: ${reasons[0]}` : ""}`);
       pill.title = reasons.join("\n");
       pill.className = "status-pill warn";
     }
   } catch {
-    pill.textContent = "无法连接 Service unreachable";
+    setWords(pill, "无法连接 Service unreachable");
     pill.className = "status-pill bad";
   }
 }

@@ -1,7 +1,9 @@
 // Batch runs: a file's reviews streamed through POST /analyze {"texts"} in chunks, two
 // in flight, with progress, a summary, the first rows in a table, and a CSV download.
 // One result row per input row, in order, like `sentiguard analyze --file`.
-import { $, el, showError, pct, sleep, LABELS, ROW_ERRORS, showDegraded } from "./ui.js";
+import {
+  $, el, bilingual, setWords, showError, pct, sleep, LABELS, ROW_ERRORS, showDegraded,
+} from "./ui.js";
 import { ApiError, analyze, chunkSize, codePoints, describeError, limits } from "./api.js";
 import { readReviews } from "./reviews.js";
 
@@ -163,7 +165,7 @@ function updateProgress(job) {
   bar.max = total;
   bar.value = job.done;
   const base = `已完成 Done ${job.done} / ${total} (${pct(job.done / total)})`;
-  $("batch-progress-text").textContent = job.noteText ? `${base} · ${job.noteText}` : base;
+  setWords($("batch-progress-text"), job.noteText ? `${base} · ${job.noteText}` : base);
 }
 
 function showBatchResult(job) {
@@ -192,27 +194,34 @@ function showBatchResult(job) {
   summary.replaceChildren();
   for (const [term, value] of entries) {
     const div = el("div");
-    div.append(el("dt", null, term), el("dd", null, value));
+    div.append(bilingual("dt", null, term), bilingual("dd", null, value));
     summary.append(div);
   }
-  const body = $("batch-table").tBodies[0];
-  body.replaceChildren(...rows.slice(0, TABLE_ROWS).map((r, i) => {
-    const tr = el("tr", r.label ? "" : "failed");
-    const note = r.label
-      ? (r.degraded ? `降级 degraded: ${r.reason}` : "")
-      : (ROW_ERRORS[r.reason] || `失败 failed: ${r.reason}`);
-    tr.append(el("td", "num", i + 1), el("td", "text", r.text),
-      el("td", null, r.label ? LABELS[r.label] : "—"),
-      el("td", "num", r.label ? pct(r.score) : "—"), el("td", null, r.model || "—"),
-      el("td", null, note));
-    return tr;
-  }));
-  $("batch-table-note").textContent = rows.length > TABLE_ROWS
+  $("batch-table").tBodies[0].replaceChildren(...rows.slice(0, TABLE_ROWS).map(tableRow));
+  setWords($("batch-table-note"), rows.length > TABLE_ROWS
     ? `显示前 ${TABLE_ROWS} 行 Showing the first ${TABLE_ROWS} of ${rows.length} rows; download for all.`
-    : `共 ${rows.length} 行 All ${rows.length} rows shown.`;
+    : `共 ${rows.length} 行 All ${rows.length} rows shown.`);
   $("batch-result").hidden = false;
   $("batch-download").onclick = () => download(job);
   if (Object.keys(reasons).length) showDegraded(Object.keys(reasons)[0]);
+}
+
+// One result as a table row; below 600 px wide style.css lays it out as a card, so each
+// cell has a class naming its column, the model cell a caption shown only on a card, and
+// the rows explicit ARIA roles (a table styled display:block keeps its semantics).
+function tableRow(r, i) {
+  const tr = el("tr", r.label ? `is-${r.label}` : "failed");
+  const note = r.label
+    ? (r.degraded ? `降级 degraded: ${r.reason}` : "")
+    : (ROW_ERRORS[r.reason] || `失败 failed: ${r.reason}`);
+  const model = bilingual("td", "model", r.model || "—");
+  model.prepend(bilingual("span", "card-caption", "模型 Model: "));
+  tr.append(el("td", "num idx", i + 1), el("td", "text", r.text),
+    bilingual("td", "sentiment", r.label ? LABELS[r.label] : "—"),
+    el("td", "num score", r.label ? pct(r.score) : "—"), model, bilingual("td", "note", note));
+  tr.setAttribute("role", "row");
+  for (const td of tr.cells) td.setAttribute("role", "cell");
+  return tr;
 }
 
 function csvCell(value) {

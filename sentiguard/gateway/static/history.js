@@ -1,5 +1,7 @@
 // One review at a time, as a conversation kept in localStorage (clearable).
-import { $, el, showError, pct, LABELS, MODELS, reasonWords, showDegraded } from "./ui.js";
+import {
+  $, el, bilingual, setWords, showError, pct, LABELS, MODELS, reasonWords, showDegraded,
+} from "./ui.js";
 import { analyze, codePoints, describeError, limits } from "./api.js";
 
 const HISTORY_STORAGE = "sentiguard.history.v1";
@@ -40,14 +42,14 @@ function exchange(item) {
   li.append(el("p", "bubble user", item.text));
   const answer = el("div", `bubble answer ${item.label}`);
   const head = el("p", "verdict");
-  head.append(el("strong", "label", LABELS[item.label] || item.label));
+  head.append(bilingual("strong", "label", LABELS[item.label] || item.label));
   head.append(el("span", "score", pct(item.score)));
   answer.append(head, confidenceBar(item.label, item.score));
   const version = item.model_version ? ` · ${item.model_version}` : "";
   const latency = Number.isFinite(item.latency_ms) ? ` · ${Math.round(item.latency_ms)} ms` : "";
-  answer.append(el("p", "meta", `模型 Model: ${MODELS[item.model] || item.model}${version}${latency}`));
+  answer.append(bilingual("p", "meta", `模型 Model: ${MODELS[item.model] || item.model}${version}${latency}`));
   if (item.degraded) {
-    answer.append(el("p", "degraded-note",
+    answer.append(bilingual("p", "degraded-note",
       `降级 degraded: answered by the fallback because ${reasonWords(item.reason)}`));
   }
   li.append(answer);
@@ -83,7 +85,7 @@ export async function submitSingle(event) {
   showError("single-error", "");
   const button = $("analyze-button");
   button.disabled = true;
-  button.textContent = "分析中 Analyzing…";
+  setWords(button, "分析中 Analyzing…");
   try {
     const result = await analyze({ text });
     const items = loadHistory();
@@ -100,7 +102,7 @@ export async function submitSingle(event) {
     showError("single-error", describeError(e));
   } finally {
     button.disabled = false;
-    button.textContent = "分析 Analyze";
+    setWords(button, "分析 Analyze");
     input.focus();
   }
 }

@@ -11,9 +11,43 @@ export function el(tag, className, text) {
   return node;
 }
 
+// The page is lang="zh-CN"; the English half of a bilingual label goes in a
+// <span lang="en"> so a screen reader reads it as English. Runs without Chinese that
+// hold Latin letters are the English ones; numbers and symbols stay as they are.
+// For the UI's own words only: a review is put on the page as it is, with el().
+const CJK_RUN = /[\u2e80-\u9fff\uf900-\ufaff\ufe30-\ufe4f\uff00-\uffef]+/u;
+const LATIN = /[A-Za-z]/;
+
+export function words(text) {
+  const nodes = [];
+  for (const part of String(text).split(new RegExp(`(${CJK_RUN.source})`, "u"))) {
+    if (!part) continue;
+    if (CJK_RUN.test(part) || !LATIN.test(part)) {
+      nodes.push(document.createTextNode(part));
+      continue;
+    }
+    const [, lead, core, trail] = part.match(/^(\s*)([\s\S]*?)(\s*)$/);
+    if (lead) nodes.push(document.createTextNode(lead));
+    const span = el("span", null, core);
+    span.lang = "en";
+    nodes.push(span);
+    if (trail) nodes.push(document.createTextNode(trail));
+  }
+  return nodes;
+}
+
+// Set a node's text to a bilingual label (see words()).
+export function setWords(node, text) {
+  node.replaceChildren(...words(text));
+  return node;
+}
+
+// el() for the UI's own bilingual words.
+export const bilingual = (tag, className, text) => setWords(el(tag, className), text);
+
 export function showError(id, message) {
   const node = $(id);
-  node.textContent = message;
+  setWords(node, message || "");
   node.hidden = !message;
 }
 
@@ -48,6 +82,6 @@ export function showDegraded(reason) {
     banner.textContent = "";
     return;
   }
-  banner.textContent = `降级 degraded: answered by the fallback because ${reasonWords(reason)}`;
+  setWords(banner, `降级 degraded: answered by the fallback because ${reasonWords(reason)}`);
   banner.hidden = false;
 }
