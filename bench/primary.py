@@ -26,11 +26,13 @@ import argparse
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -41,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from sentiguard import settings as settings_mod  # noqa: E402
 from sentiguard.data import split  # noqa: E402
+from sentiguard.runtime import control, trust  # noqa: E402
 
 START_TIMEOUT_S = 180.0
 
@@ -136,14 +139,18 @@ class Server:
 # --- load generation -------------------------------------------------------------------
 
 
-def drive(port: int, texts: list[str], clients: int, seconds: float) -> tuple[list[float], int]:
-    """`clients` threads, each a keep-alive connection sending one text per request.
+def drive(
+    port: int, texts: list[str], clients: int, seconds: float, secret: str
+) -> tuple[list[float], int]:
+    """`clients` threads, each a keep-alive connection sending one text per request, with
+    the worker's `Authorization: Bearer <secret>` (it refuses /predict without).
 
     Returns the latencies (s) of the requests answered in the measured window, and errors.
     """
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors = [0] * clients
     start_at = time.perf_counter() + 0.3  # everyone connected before the clock starts
+    headers = {"Content-Type": "application/json", **trust.bearer_headers(secret)}
     stop_at = start_at + seconds
 
     def client(k: int) -> None:
@@ -153,7 +160,7 @@ def drive(port: int, texts: list[str], clients: int, seconds: float) -> tuple[li
             body = json.dumps({"texts": [texts[i % len(texts)]]}, ensure_ascii=False).encode()
             i += clients
             t0 = time.perf_counter()
-            conn.request("POST", "/predict", body, {"Content-Type": "application/json"})
+            conn.request("POST", "/predict", body, headers)
             response = conn.getresponse()
             response.read()
             if response.status != 200:
@@ -171,7 +178,12 @@ def drive(port: int, texts: list[str], clients: int, seconds: float) -> tuple[li
 
 
 def compare(
-    servers: dict[str, Server], texts: list[str], clients: int, seconds: float, rounds: int
+    servers: dict[str, Server],
+    texts: list[str],
+    clients: int,
+    seconds: float,
+    rounds: int,
+    secret: str,
 ) -> dict[str, dict[str, float]]:
     """Alternate short slices between the servers, so load from other processes on a
     shared machine falls on all alike; then pool each server's slices. Also counts the
@@ -185,7 +197,7 @@ def compare(
         for name, server in servers.items():
             proc = psutil.Process(server.proc.pid)
             before = sum(proc.cpu_times()[:2])
-            latencies, failed = drive(server.port, texts, clients, seconds / rounds)
+            latencies, failed = drive(server.port, texts, clients, seconds / rounds, secret)
             cpu[name] += sum(proc.cpu_times()[:2]) - before
             pooled[name] += latencies
             errors[name] += failed
@@ -204,7 +216,12 @@ def compare(
 
 
 def bench(seconds: float, levels: list[int], rounds: int) -> None:
-    settings = settings_mod.load()
+    # A run directory of its own with a fresh secret, as `sentiguard up` writes one: the
+    # workers read it at start and refuse /predict without it. Never the service's own
+    # run directory, whose secret a running service depends on.
+    run_dir = tempfile.mkdtemp(prefix="sentiguard-bench-run-")
+    settings = settings_mod.load(overrides={"service.run_dir": run_dir})
+    secret = control.new_secret(settings)
     texts = split().heldout.texts
     env = {k: v for k, v in os.environ.items() if not k.startswith("SENTIGUARD_")}
     env |= settings.as_env() | {"PYTHONUNBUFFERED": "1", "MODELSCOPE_LOG_LEVEL": "30"}
@@ -238,7 +255,7 @@ def bench(seconds: float, levels: list[int], rounds: int) -> None:
             f"{seconds:g} s per level and server, in {rounds} alternating slices; "
             f"one held-out review per request"
         )
-        compare(servers, texts, 4, 1.0, 1)  # warm all up the same way
+        compare(servers, texts, 4, 1.0, 1, secret)  # warm all up the same way
         header = (
             f"{'clients':>7} {'server':>12} | {'rps':>7} {'p50 ms':>7} {'p99 ms':>7} "
             f"{'CPU ms':>7} | "
@@ -247,7 +264,7 @@ def bench(seconds: float, levels: list[int], rounds: int) -> None:
         print(header)
         print("-" * len(header))
         for clients in levels:
-            result = compare(servers, texts, clients, seconds, rounds)
+            result = compare(servers, texts, clients, seconds, rounds, secret)
             b = result["batched"]
             for name, r in result.items():
                 ratios = (
@@ -290,6 +307,7 @@ def bench(seconds: float, levels: list[int], rounds: int) -> None:
     finally:
         for server in servers.values():
             server.stop()
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 # --- long texts ------------------------------------------------------------------------

@@ -3,16 +3,20 @@
 `FakeWorker` speaks the worker contract of docs/internals.md (`/ready`, `/predict`,
 `/health`) on a loopback port and can be told to be slow, fail, answer nonsense, or refuse
 connections, so routing, breaker, deadline and shedding are tested over real sockets.
+Given the per-up secret, it proves itself in /ready and refuses /predict without the
+bearer, as a real worker does; without one it is a stranger on the port.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from flask import Flask
@@ -21,6 +25,8 @@ from sentiguard import settings as settings_mod
 from sentiguard.chaos.ports import free_port_block
 from sentiguard.gateway.app import Gateway, create_app, gateway_of
 from sentiguard.logs import EventLog
+from sentiguard.runtime import control, trust
+from sentiguard.runtime.endpoints import worker_name
 
 
 def p_for(text: str) -> float:
@@ -53,11 +59,26 @@ class FakeWorker:
     error (500) | garbage (200, wrong shape) | nan (200, NaN probabilities) |
     drop (closes the connection, no answer) | loading (/ready 503).
     `refuse()` closes the port; `serve()` opens it again.
+
+    `secret` (a value, or a file read at each request): it answers a challenge in /ready
+    with the proof for `name` and answers /predict only with the bearer (401 otherwise),
+    as a real worker does. Without it (None), /ready carries no proof: a stranger.
+    `ready_auth` keeps the Authorization header of each /ready request.
     """
 
-    def __init__(self, port: int, pid: int = 4242) -> None:
+    def __init__(
+        self,
+        port: int,
+        pid: int = 4242,
+        secret: str | Path | None = None,
+        name: str = worker_name(0),
+    ) -> None:
         self.port = port
         self.pid = pid
+        self.secret = secret
+        self.name = name
+        self.ready_auth: list[str | None] = []
+        self.unauthorized = 0
         self.mode = "ok"
         self.delay_s = 0.0
         self.predicts = 0
@@ -84,18 +105,25 @@ class FakeWorker:
                 if fake.mode == "hung":
                     fake.release.wait(fake.delay_s)
                 if self.path == "/ready":
+                    fake.ready_auth.append(self.headers.get("Authorization"))
                     if fake.mode == "loading":
                         self._send(503, {"ready": False, "reason": "loading"})
                     else:
-                        self._send(
-                            200, {"ready": True, "pid": fake.pid, "model_version": "fake-primary"}
-                        )
+                        body = {"ready": True, "pid": fake.pid, "model_version": "fake-primary"}
+                        self._send(200, body | fake.identity(self.headers))
                 else:
                     self._send(404, {"error": {"code": "not_found", "message": self.path}})
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length))
+                secret = fake.secret_value()
+                if secret is not None and not trust.bearer_ok(
+                    self.headers.get("Authorization"), secret
+                ):
+                    fake.unauthorized += 1
+                    self._send(401, {"error": {"code": "unauthorized", "message": "no bearer"}})
+                    return
                 with fake._lock:
                     fake.predicts += 1
                     fake.in_flight += 1
@@ -143,6 +171,19 @@ class FakeWorker:
         threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
         self._server = server
 
+    def secret_value(self) -> str | None:
+        if isinstance(self.secret, Path):
+            return self.secret.read_text().strip() if self.secret.exists() else None
+        return self.secret
+
+    def identity(self, headers: Any) -> dict[str, Any]:
+        """`name` and `proof` for the request's challenge, as a real worker's /ready."""
+        nonce = headers.get(trust.CHALLENGE_HEADER)
+        secret = self.secret_value()
+        if secret is None or nonce is None:
+            return {"name": self.name}
+        return {"name": self.name, "proof": trust.proof(secret, nonce, self.name)}
+
     def refuse(self) -> None:
         """Close the port: connections are refused, like a killed worker's."""
         if self._server is not None:
@@ -183,12 +224,30 @@ class ListLog(EventLog):
 def gateway_with_workers(
     n_workers: int = 2, **overrides: Any
 ) -> Iterator[tuple[Flask, Gateway, list[FakeWorker], FakeFallback, ListLog]]:
-    """An app routing to `n_workers` fake workers, polled ready once; cleaned up after."""
+    """An app routing to `n_workers` fake workers, polled ready once; cleaned up after.
+
+    The run directory (a temporary one unless `service.run_dir` is given) gets a per-up
+    secret, which the fakes hold, as `sentiguard up` and real workers do.
+    """
+    with contextlib.ExitStack() as stack:
+        if "service.run_dir" not in overrides:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="sentiguard-gw-"))
+            overrides = {**overrides, "service.run_dir": tmp}
+        yield from _gateway_with_workers(n_workers, overrides)
+
+
+def _gateway_with_workers(
+    n_workers: int, overrides: dict[str, Any]
+) -> Iterator[tuple[Flask, Gateway, list[FakeWorker], FakeFallback, ListLog]]:
     base = free_port_block(n_workers)
-    workers = [FakeWorker(base + i, pid=1000 + i) for i in range(n_workers)]
     settings = make_settings(
         **{"primary.base_port": base, "primary.workers": n_workers, **overrides}
     )
+    secret = trust.load_secret(settings) or control.new_secret(settings)
+    workers = [
+        FakeWorker(base + i, pid=1000 + i, secret=secret, name=worker_name(i))
+        for i in range(n_workers)
+    ]
     fallback = FakeFallback()
     log = ListLog()
     app = create_app(settings, fallback=fallback, log=log, start_poller=False)

@@ -2,7 +2,8 @@
 
 Each worker runs in its own session on a free loopback port with temporary run/log
 directories, so tests never collide with another engineer's service or tests, and
-teardown kills its whole process group.
+teardown kills its whole process group. Its run directory gets a fresh per-up secret
+first, as `sentiguard up` writes one; `worker.auth` is the header /predict and /_fault need.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from typing import Any
 
 import requests
 
+from sentiguard import settings as settings_mod
 from sentiguard.chaos.ports import free_port
+from sentiguard.runtime import control, trust
 from sentiguard.settings import ROOT
 
 EMBEDDED_MODEL = ROOT / "models" / "primary"
@@ -33,6 +36,13 @@ class Worker:
     proc: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    secret: str | None
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """`Authorization: Bearer <secret>`, which /predict and /_fault need."""
+        assert self.secret is not None, "this worker was started without a secret"
+        return trust.bearer_headers(self.secret)
 
     @property
     def url(self) -> str:
@@ -64,16 +74,25 @@ class Worker:
 
 
 def start_worker(
-    tmp: Path, env: dict[str, str] | None = None, extra_path: Path | None = None
+    tmp: Path,
+    env: dict[str, str] | None = None,
+    extra_path: Path | None = None,
+    with_secret: bool = True,
 ) -> Worker:
-    """Start `python -m sentiguard.primary --index 0` on a free port; do not wait for it."""
+    """Start `python -m sentiguard.primary --index 0` on a free port; do not wait for it.
+    With `with_secret`, a fresh secret is written to its run directory first."""
     port = free_port()
     tmp.mkdir(parents=True, exist_ok=True)
+    run_dir = (env or {}).get("SENTIGUARD_SERVICE_RUN_DIR", str(tmp / "run"))
+    secret = None
+    if with_secret:
+        run = settings_mod.load(None, environ={}, overrides={"service.run_dir": run_dir})
+        secret = control.new_secret(run)
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SENTIGUARD_")}
     full_env.update(
         {
             "SENTIGUARD_PRIMARY_BASE_PORT": str(port),
-            "SENTIGUARD_SERVICE_RUN_DIR": str(tmp / "run"),
+            "SENTIGUARD_SERVICE_RUN_DIR": run_dir,
             "SENTIGUARD_SERVICE_LOG_DIR": str(tmp / "logs"),
             "SENTIGUARD_PRIMARY_MODEL": str(EMBEDDED_MODEL),
             "PYTHONUNBUFFERED": "1",
@@ -92,7 +111,7 @@ def start_worker(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    return Worker(proc, port, log_path)
+    return Worker(proc, port, log_path, secret)
 
 
 def wait_ready(worker: Worker, timeout: float = START_TIMEOUT_S) -> dict[str, Any]:

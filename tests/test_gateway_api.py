@@ -398,8 +398,9 @@ class GatewayProcess:
 
 
 @pytest.fixture
-def fake_primary() -> Iterator[FakeWorker]:
-    worker = FakeWorker(free_port_block(1), pid=os.getpid())
+def fake_primary(tmp_path: Path) -> Iterator[FakeWorker]:
+    # The secret the gateway process under test reads (its run_dir is tmp_path / "run").
+    worker = FakeWorker(free_port_block(1), pid=os.getpid(), secret=tmp_path / "run" / "secret")
     yield worker
     worker.close()
 
@@ -471,7 +472,13 @@ def test_real_primary_worker_through_real_gateway(tmp_path: Path) -> None:
     if not _primary_model_ready():
         pytest.fail("models/primary is missing: run `sentiguard train primary` (make install)")
     base = free_port_block(1)
-    settings = {"primary.base_port": base, "primary.workers": 1, **FEW_THREADS}
+    settings = {
+        "primary.base_port": base,
+        "primary.workers": 1,
+        "service.run_dir": str(tmp_path / "run"),
+        **FEW_THREADS,
+    }
+    control.new_secret(make_unchecked_settings(**settings))  # as `up` does before any worker
     worker = subprocess.Popen(
         [sys.executable, "-m", "sentiguard.primary", "--index", "0"],
         env=gateway_env(**settings),

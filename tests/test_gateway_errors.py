@@ -251,8 +251,9 @@ def test_every_app_renders_every_error_in_the_one_shape(
 
 
 def test_the_worker_answers_with_the_gateways_codes(tmp_path: Path) -> None:
-    state = WorkerState(make_settings(**LIMITS), 0, ListLog())
+    state = WorkerState(make_settings(**LIMITS), 0, ListLog(), secret="s")
     client = create_worker_app(state).test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = "Bearer s"
     assert_error_shape(client.post("/predict", json={"texts": ["好"]}), 503, "loading")
     state.model, state.ready = cast(Any, SimpleNamespace(version="v", name="m")), True
     for body, code in [

@@ -5,9 +5,16 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from sentiguard import settings as settings_mod
 from sentiguard.gateway.breaker import TIMEOUT_FAILURES, Breaker, BreakerState
+from sentiguard.runtime import control
+from sentiguard.runtime.paths import RunDir
+from sentiguard.runtime.trust import Secret
 from tests.gateway_helpers import gateway_with_workers, poll_all, wait_for
 
 
@@ -83,6 +90,61 @@ def test_batch_goes_to_one_worker_in_one_predict_and_keeps_order() -> None:
             "negative",
         ]
         assert sum(w.predicts for w in workers) == 1
+
+
+# --- local trust: the secret on /predict, the proof in /ready ----------------------------------
+
+
+def test_predict_carries_the_secret_and_ready_polls_do_not() -> None:
+    with gateway_with_workers(1) as (app, gw, workers, _fb, _log):
+        assert analyze(app).get_json()["model"] == "primary"
+        assert workers[0].predicts == 1 and workers[0].unauthorized == 0
+        # /ready is open; the poller proves the worker instead of showing it the secret.
+        assert workers[0].ready_auth and set(workers[0].ready_auth) == {None}
+        gw.router.client.secret = Secret.fixed("stale")
+        body = analyze(app).get_json()
+        assert (body["model"], body["reason"]) == ("fallback", "primary_error")
+        assert workers[0].unauthorized == 1
+
+
+@pytest.mark.parametrize("secret", [None, "another up's secret"], ids=["stranger", "other_up"])
+def test_a_port_answering_without_our_proof_is_not_ready(secret: str | None) -> None:
+    with gateway_with_workers(1) as (app, gw, workers, _fb, log):
+        worker = gw.state.pool.workers[0]
+        assert worker.ready
+        workers[0].secret, workers[0].pid = secret, 666
+        for _ in range(3):
+            poll_all(gw)
+        assert not worker.ready and worker.not_ready_reason == "not_ours"
+        assert worker.pid == 1000, "nothing it said was taken in"
+        [line] = log.events("worker_not_ours")  # once, not every poll
+        assert line["port"] == workers[0].port and line["worker"] == "primary_0"
+        assert line["answered"]["pid"] == 666
+        assert line["answered"]["proof"] == ("missing" if secret is None else "wrong")
+        body = analyze(app).get_json()
+        assert (body["model"], body["reason"]) == ("fallback", "primary_down")
+        assert workers[0].predicts == 0
+        # Our worker back on the port: ready again, and a later stranger is logged again.
+        workers[0].secret = gw.poller.client.secret.value
+        poll_all(gw)
+        assert worker.ready and worker.pid == 666
+        workers[0].secret = None
+        poll_all(gw)
+        assert len(log.events("worker_not_ours")) == 2
+
+
+def test_the_secret_is_read_again_when_a_proof_fails(tmp_path: Path) -> None:
+    run = {"service.run_dir": str(tmp_path)}
+    with gateway_with_workers(1, **run) as (_app, gw, workers, _fb, log):
+        assert gw.state.pool.workers[0].ready
+        # A new secret under a running gateway (as a gateway started alone writes it after
+        # its poller started): the first failed proof re-reads the file.
+        fresh = settings_mod.load(None, environ={}, overrides=run)
+        workers[0].secret = RunDir(fresh).secret
+        control.new_secret(fresh)
+        poll_all(gw)
+        assert gw.state.pool.workers[0].ready and not log.events("worker_not_ours")
+        assert analyze(_app).get_json()["model"] == "primary"
 
 
 def test_least_outstanding_worker_gets_the_request() -> None:

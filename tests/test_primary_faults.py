@@ -22,6 +22,7 @@ import requests
 from sentiguard.chaos.client import wait_until
 from sentiguard.errors import ExitCode
 from sentiguard.primary.faults import CRASH_EXIT_CODE
+from sentiguard.runtime import trust
 from tests.primary_helpers import EMBEDDED_MODEL, Worker, start_worker, wait_ready
 
 pytestmark = [
@@ -46,7 +47,7 @@ def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
 
 
 def fault(worker: Worker, body: dict[str, Any]) -> dict[str, Any]:
-    r = requests.post(worker.url + "/_fault", json=body, timeout=10)
+    r = requests.post(worker.url + "/_fault", json=body, headers=worker.auth, timeout=10)
     assert r.status_code == 200, r.text
     answer: dict[str, Any] = r.json()
     return answer
@@ -62,8 +63,18 @@ def health(worker: Worker, timeout: float = 10) -> dict[str, Any]:
 def test_bad_fault_requests_are_400(faulty: Worker) -> None:
     bodies: list[Any] = [{"kind": "melt"}, {"kind": "leak"}, {"kind": "hang", "seconds": -1}, []]
     for body in bodies:
-        r = requests.post(faulty.url + "/_fault", json=body, timeout=10)
+        r = requests.post(faulty.url + "/_fault", json=body, headers=faulty.auth, timeout=10)
         assert r.status_code == 400 and r.json()["error"]["code"] == "bad_request"
+
+
+def test_faults_need_the_secret_of_this_up(faulty: Worker) -> None:
+    body: dict[str, Any] = {"kind": "slow", "ms": 0}
+    for headers in ({}, trust.bearer_headers("not-the-secret")):
+        r = requests.post(faulty.url + "/_fault", json=body, headers=headers, timeout=10)
+        assert r.status_code == 401, headers
+        assert r.json()["error"]["code"] == "unauthorized"
+        assert "Authorization: Bearer" in r.json()["error"]["message"]
+    assert fault(faulty, body)["ms"] == 0
 
 
 def test_leak_grows_the_memory_the_worker_reports(faulty: Worker) -> None:
@@ -79,7 +90,9 @@ def test_slow_delays_predictions_and_the_probe(faulty: Worker) -> None:
     fault(faulty, {"kind": "slow", "ms": 400})
     try:
         start = time.perf_counter()
-        r = requests.post(faulty.url + "/predict", json={"texts": [TEXT]}, timeout=30)
+        r = requests.post(
+            faulty.url + "/predict", json={"texts": [TEXT]}, headers=faulty.auth, timeout=30
+        )
         assert r.status_code == 200
         assert time.perf_counter() - start >= 0.4
         slowed = health(faulty)["probe_ms"]
@@ -128,7 +141,9 @@ def test_sigterm_finishes_in_flight_work_then_exits_0(tmp_path: Path) -> None:
         answer: dict[str, Any] = {}
 
         def slow_request() -> None:
-            r = requests.post(w.url + "/predict", json={"texts": [TEXT]}, timeout=30)
+            r = requests.post(
+                w.url + "/predict", json={"texts": [TEXT]}, headers=w.auth, timeout=30
+            )
             answer.update(status=r.status_code, body=r.json())
 
         thread = threading.Thread(target=slow_request)

@@ -16,6 +16,7 @@ from sentiguard import settings
 from sentiguard.chaos.client import wait_until
 from sentiguard.primary.batcher import Batcher, BatcherStopped
 from sentiguard.primary.probe import PROBE
+from sentiguard.runtime import trust
 from tests.primary_helpers import EMBEDDED_MODEL, Worker, start_worker, wait_ready
 
 # --- the batcher, with a fake model ---------------------------------------------------
@@ -213,7 +214,9 @@ def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
 
 
 def predict(worker: Worker, texts: list[str]) -> requests.Response:
-    return requests.post(worker.url + "/predict", json={"texts": texts}, timeout=30)
+    return requests.post(
+        worker.url + "/predict", json={"texts": texts}, headers=worker.auth, timeout=30
+    )
 
 
 @pytest.mark.integration
@@ -296,7 +299,7 @@ def test_bad_input_is_a_400_with_the_error_shape(worker: Worker, body: bytes, co
     r = requests.post(
         worker.url + "/predict",
         data=body,
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **worker.auth},
         timeout=5,
     )
     assert r.status_code == 400
@@ -304,6 +307,56 @@ def test_bad_input_is_a_400_with_the_error_shape(worker: Worker, body: bytes, co
     assert error["code"] == code and error["message"]
     if code in ("empty_text", "not_a_string", "invalid_utf8"):
         assert "texts[1]" in error["message"]
+
+
+@pytest.mark.integration
+def test_predict_needs_the_secret_of_this_up(worker: Worker) -> None:
+    url, body = worker.url + "/predict", {"texts": [POSITIVE]}
+    for headers in ({}, trust.bearer_headers("not-the-secret"), {"Authorization": "Basic eA=="}):
+        r = requests.post(url, json=body, headers=headers, timeout=10)
+        assert r.status_code == 401, headers
+        error = r.json()["error"]
+        assert error["code"] == "unauthorized"
+        assert "Authorization: Bearer" in error["message"] and "secret" in error["message"]
+        assert r.headers["WWW-Authenticate"].startswith("Bearer")
+    assert requests.post(url, json=body, headers=worker.auth, timeout=30).status_code == 200
+
+
+@pytest.mark.integration
+def test_ready_proves_the_worker_holds_the_secret(worker: Worker) -> None:
+    assert worker.secret is not None
+    nonce = trust.new_challenge()
+    r = requests.get(worker.url + "/ready", headers={trust.CHALLENGE_HEADER: nonce}, timeout=5)
+    body = r.json()
+    assert r.status_code == 200 and body["name"] == "primary_0"  # open: no secret needed
+    assert trust.proof_ok(worker.secret, nonce, "primary_0", body["proof"])
+    assert not trust.proof_ok("another up's secret", nonce, "primary_0", body["proof"])
+    assert not trust.proof_ok(worker.secret, nonce, "primary_1", body["proof"])
+    assert not trust.proof_ok(worker.secret, trust.new_challenge(), "primary_0", body["proof"])
+    # A malformed nonce is not signed; no nonce, no proof at all.
+    bad = requests.get(worker.url + "/ready", headers={trust.CHALLENGE_HEADER: "x"}, timeout=5)
+    assert bad.json()["proof"] is None and bad.json()["proof_error"] == "bad_challenge"
+    assert "proof" not in requests.get(worker.url + "/ready", timeout=5).json()
+
+
+@pytest.mark.integration
+def test_a_worker_without_a_secret_serves_nobody(tmp_path: Path) -> None:
+    w = start_worker(tmp_path, with_secret=False)
+    try:
+        wait_ready(w)
+        assert "sentiguard up" in w.event("secret_missing")["fix"]
+        nonce = trust.new_challenge()
+        ready = requests.get(w.url + "/ready", headers={trust.CHALLENGE_HEADER: nonce}, timeout=5)
+        assert ready.status_code == 200  # /health and /ready pass: the watchdog leaves it be
+        assert ready.json()["proof"] is None and ready.json()["proof_error"] == "no_secret"
+        for headers in ({}, trust.bearer_headers(""), trust.bearer_headers("guess")):
+            r = requests.post(
+                w.url + "/predict", json={"texts": ["好"]}, headers=headers, timeout=5
+            )
+            assert r.status_code == 401 and "sentiguard up" in r.json()["error"]["message"]
+        assert w.proc.poll() is None
+    finally:
+        w.stop()
 
 
 @pytest.mark.integration

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import signal
 import subprocess
@@ -31,6 +32,7 @@ from sentiguard import settings as settings_mod
 from sentiguard.chaos.client import Response, http_request, post_json, wait_until
 from sentiguard.chaos.ports import address_in_use, free_port, free_port_block
 from sentiguard.runtime import supervisord as sv
+from sentiguard.runtime import trust
 from sentiguard.runtime.endpoints import worker, worker_name
 from sentiguard.runtime.paths import RunDir
 
@@ -91,8 +93,13 @@ class ServiceHandle:
         return dict(next(w for w in self.status()["workers"] if w["name"] == name))
 
     def fault(self, index: int, doc: Mapping[str, Any], timeout: float = 30.0) -> Response:
-        """POST a fault to worker `index`'s loopback port (served only with faults enabled)."""
-        return post_json(self.worker_port(index), "/_fault", dict(doc), timeout)
+        """POST a fault to worker `index`'s loopback port (served only with faults enabled),
+        with the service's per-up secret, which a worker needs for /_fault."""
+        secret = trust.load_secret(self.settings)
+        assert secret is not None, f"no secret at {trust.secret_path(self.settings)}"
+        headers = {"Content-Type": "application/json", **trust.bearer_headers(secret)}
+        body = json.dumps(dict(doc), ensure_ascii=False).encode()
+        return http_request(self.worker_port(index), "POST", "/_fault", body, headers, timeout)
 
     def rpc(self) -> Any:
         return sv.rpc(self.settings)

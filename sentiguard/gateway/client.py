@@ -4,6 +4,11 @@ Each gateway thread keeps one keep-alive `http.client.HTTPConnection` per worker
 a request costs no TCP handshake. Every call takes the request's remaining deadline: it
 is the connect timeout and the read timeout, so a hung worker costs at most that.
 
+Every request carries `Authorization: Bearer <the per-up secret>` (`runtime.trust`), which a
+worker needs for /predict and /_fault; only `auth=False` leaves it out, for the readiness
+poller's `/ready`, which must not hand the secret to whatever process holds the port before
+it proved to be our worker.
+
 Failures become `WorkerFailure` with a `kind` the router maps to an answer's `reason`:
 `connect` (refused, reset, unreachable: open the breaker now), `timeout`, `error` (a 5xx, a
 non-JSON or wrong-shaped answer).
@@ -16,10 +21,12 @@ import http.client
 import json
 import threading
 import time
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
 from sentiguard.runtime.endpoints import WORKER_HOST
+from sentiguard.runtime.trust import Secret, bearer_headers
 
 
 class FailureKind(StrEnum):
@@ -43,9 +50,12 @@ _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 
 
 class WorkerClient:
-    """JSON over HTTP to workers on `host`; one pooled connection per (thread, port)."""
+    """JSON over HTTP to workers on `host`; one pooled connection per (thread, port).
+    `secret` is the per-up secret every request carries (shared with the poller, which
+    refreshes it)."""
 
-    def __init__(self, host: str = WORKER_HOST) -> None:
+    def __init__(self, secret: Secret, host: str = WORKER_HOST) -> None:
+        self.secret = secret
         self.host = host
         self._local = threading.local()
         # Every open connection of every thread, so `close_all` can close them at shutdown
@@ -67,7 +77,15 @@ class WorkerClient:
                 self._open.discard(conn)
 
     def request(
-        self, method: str, port: int, path: str, body: Any, timeout_s: float
+        self,
+        method: str,
+        port: int,
+        path: str,
+        body: Any,
+        timeout_s: float,
+        *,
+        headers: Mapping[str, str] | None = None,
+        auth: bool = True,
     ) -> tuple[int, Any]:
         """Send one request and return (status, parsed JSON body) within `timeout_s`.
 
@@ -76,17 +94,22 @@ class WorkerClient:
         """
         deadline = time.monotonic() + timeout_s
         payload = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        sent = dict(headers or {})
+        if payload is not None:
+            sent["Content-Type"] = "application/json"
+        secret = self.secret.value if auth else None
+        if secret is not None:
+            sent.update(bearer_headers(secret))
         pool = self._pool()
         reused = port in pool
         try:
             try:
-                return self._send(method, port, path, payload, headers, deadline)
+                return self._send(method, port, path, payload, sent, deadline)
             except _STALE:
                 self._drop(port)
                 if not reused:
                     raise
-                return self._send(method, port, path, payload, headers, deadline)
+                return self._send(method, port, path, payload, sent, deadline)
         except WorkerFailure:
             self._drop(port)
             raise

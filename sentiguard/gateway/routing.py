@@ -55,13 +55,13 @@ class Router:
         fallback: Fallback,
         admission: FallbackAdmission,
         log: EventLog,
-        client: WorkerClient | None = None,
+        client: WorkerClient,
     ) -> None:
         self.pool = pool
         self.fallback = fallback
         self.admission = admission
         self.log = log
-        self.client = client or WorkerClient()
+        self.client = client  # carries the per-up secret (a worker refuses /predict without)
 
     def route(self, texts: list[str], deadline: float) -> Answer:
         """Answer `texts` before the monotonic `deadline` if a worker can; else the fallback."""

@@ -10,6 +10,16 @@ Exit codes: 0 after SIGTERM/SIGINT (in-flight requests finish first, up to a dea
 4 (ExitCode.MODEL_LOAD_ERROR) when the model cannot load or fails its probe, after one
 `model_load_failed` JSON line naming the cause and the fix; 1 when the port is taken;
 78 on a bad setting.
+
+The per-`up` secret (`<run_dir>/secret`, written by `sentiguard up`) is read once, at
+start (`sentiguard.runtime.trust`). A worker started without it does not exit: it logs
+`secret_missing` with the fix, loads and serves as usual, but refuses /predict and
+/_fault to everyone (401) and gives no proof in /ready, so no gateway routes to it.
+Exiting instead would not help anyone: the watchdog restarts a worker that exits with
+any code but 4 after a backoff, which would reload the model again and again for a file
+that only a new `sentiguard up` writes; and 4 means "the model cannot load", which this
+is not. /health keeps passing, so the watchdog leaves it alone, and the gateway logs
+`worker_not_ours` for its port (with `"proof_error": "no_secret"` in what answered).
 """
 
 from __future__ import annotations
@@ -29,7 +39,7 @@ from sentiguard.logs import exit_now, log_event
 from sentiguard.primary.app import create_app
 from sentiguard.primary.source import FIX_RETRAIN, preflight, with_reload_override
 from sentiguard.primary.state import WorkerState, memory_mb
-from sentiguard.runtime import endpoints
+from sentiguard.runtime import endpoints, trust
 
 TICK_S = 0.5
 
@@ -43,7 +53,7 @@ class WorkerProcess:
         address = endpoints.worker(settings, index)
         self.name = address.name
         self.port = address.port
-        self.state = WorkerState(settings, index, self._log)
+        self.state = WorkerState(settings, index, self._log, trust.load_secret(settings))
         self._stop = threading.Event()
         self._ignored_signals = 0
         self._started = time.perf_counter()
@@ -65,6 +75,13 @@ class WorkerProcess:
         # Yield the CPU to the gateway (see primary.nice): under overload it must keep
         # routing and answering from the fallback while the workers saturate the cores.
         os.nice(self.settings.primary.nice)
+        if self.state.secret is None:
+            self._log(
+                "secret_missing",
+                path=trust.secret_path(self.settings),
+                reason="no per-up secret at start: /predict and /_fault refuse every caller",
+                fix="start the service with `sentiguard up`, which writes the secret",
+            )
         server = self._serve()
         if server is None:
             return ExitCode.ERROR

@@ -2,7 +2,8 @@
 
 `WorkerState` is built before the model loads (the port answers /ready 503 "loading"
 meanwhile); `attach(model)` starts batching; the process sets `ready` once the
-known-answer probe passed and `draining` on SIGTERM.
+known-answer probe passed and `draining` on SIGTERM. `secret` is the per-`up` secret the
+process read at start (None: it had none, and serves /predict to nobody; see process.py).
 """
 
 from __future__ import annotations
@@ -29,8 +30,15 @@ PREDICT_TIMEOUT_S = 30.0
 class WorkerState:
     """Shared by the HTTP threads and the process; `in_flight` counts /predict calls."""
 
-    def __init__(self, settings: Settings, index: int, log: Callable[..., None]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        index: int,
+        log: Callable[..., None],
+        secret: str | None = None,
+    ) -> None:
         self.settings = settings
+        self.secret = secret
         self.index = index
         self.name = endpoints.worker_name(index)
         self.log = log

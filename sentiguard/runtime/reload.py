@@ -8,6 +8,8 @@ Files in `<run_dir>`:
 - `reload.lock`: JSON `{"pid", "model", "worker", "drain"}` while a reload runs. The
   watchdog recycles nothing while it exists, leaves `worker` to us, and reports that
   worker's `drain` as the lock says. A lock whose pid is dead is stale and ignored.
+  It is taken atomically (`take_reload_lock`): of two reloads started at once, exactly
+  one runs; updates replace it whole (`write_reload_lock`).
 
 For each worker, never two at once: wait until the other workers are ready (so someone
 serves while this one is down), drain it at the gateway, wait for its in-flight requests,
@@ -22,8 +24,10 @@ the old model.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -52,11 +56,10 @@ class ReloadLock:
     drain: bool = False
 
 
-def read_reload_lock(settings: Settings) -> ReloadLock | None:
-    """The reload in progress, or None (no lock, unreadable, or its process is gone)."""
+def _parse_lock(path: Path) -> ReloadLock | None:
     try:
-        data = json.loads(RunDir(settings).reload_lock.read_text(encoding="utf-8"))
-        lock = ReloadLock(
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return ReloadLock(
             pid=int(data["pid"]),
             model=str(data.get("model", "")),
             worker=data.get("worker"),
@@ -64,11 +67,61 @@ def read_reload_lock(settings: Settings) -> ReloadLock | None:
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return lock if psutil.pid_exists(lock.pid) else None
+
+
+def read_reload_lock(settings: Settings) -> ReloadLock | None:
+    """The reload in progress, or None (no lock, unreadable, or its process is gone)."""
+    lock = _parse_lock(RunDir(settings).reload_lock)
+    return lock if lock is not None and psutil.pid_exists(lock.pid) else None
 
 
 def write_reload_lock(settings: Settings, lock: ReloadLock) -> None:
+    """Update the lock this reload holds (replaced whole: a reader never sees half)."""
     write_atomic(RunDir(settings).reload_lock, json.dumps(lock.__dict__))
+
+
+def take_reload_lock(settings: Settings, lock: ReloadLock) -> ReloadLock | None:
+    """Create `reload.lock` holding `lock` unless a live reload holds it. None when taken,
+    else the holder. Atomic: of any number of racing callers, exactly one gets it.
+
+    The file is written complete under a temporary name, then hard-linked to the lock's
+    name: `link` fails when the name exists, like `open(O_CREAT | O_EXCL)`, but publishes
+    the whole content at once (an O_EXCL file is empty until written: a racer reading it
+    then would take it for a stale lock). A lock whose pid is dead (or that cannot be read)
+    is removed and the take tried once more; takers do this under an exclusive flock of the
+    run directory, so one cannot remove the fresh lock another just took after both found
+    the old one stale (flock ends with its process: the guard itself never goes stale).
+    """
+    path = RunDir(settings).reload_lock
+    path.parent.mkdir(parents=True, exist_ok=True)
+    holder: ReloadLock | None = None
+    guard = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(guard, fcntl.LOCK_EX)  # held for microseconds: no reload waits long
+        for attempt in range(2):
+            if _create_exclusive(path, json.dumps(lock.__dict__)):
+                return None
+            holder = _parse_lock(path)
+            if holder is not None and psutil.pid_exists(holder.pid):
+                return holder
+            if attempt == 0:
+                path.unlink(missing_ok=True)  # stale; no other taker runs meanwhile
+    finally:
+        os.close(guard)  # releases the flock
+    return holder if holder is not None else ReloadLock(pid=0, model="")
+
+
+def _create_exclusive(path: Path, text: str) -> bool:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
 
 
 def resolve_model(model: str) -> str:
@@ -216,7 +269,7 @@ class Reload:
 def reload(settings: Settings, model: str | None = None) -> int:
     """Move every worker to `model` (default: primary.model) one at a time; an exit code."""
     target = resolve_model(model or settings.primary.model)
-    live = read_reload_lock(settings)
+    live = take_reload_lock(settings, ReloadLock(os.getpid(), target))
     if live is not None:
         _say(
             f"reload: another reload (pid {live.pid}) is running. Hint: wait for it, or "
@@ -224,11 +277,10 @@ def reload(settings: Settings, model: str | None = None) -> int:
         )
         return ExitCode.ERROR
     with open(os.devnull, "w", encoding="utf-8") as quiet:
-        # Decisions go to the watchdog's log; the terminal gets the progress lines.
-        log = EventLog(stream=quiet, path=RunDir(settings).watchdog_log)
-        job = Reload(settings, target, log)
         try:
-            job.lock(None, drain=False)
+            # Decisions go to the watchdog's log; the terminal gets the progress lines.
+            log = EventLog(stream=quiet, path=RunDir(settings).watchdog_log)
+            job = Reload(settings, target, log)
             return job.run()
         except SupervisorUnavailable as e:
             _say(f"reload: {e}")

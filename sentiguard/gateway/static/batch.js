@@ -224,9 +224,12 @@ function tableRow(r, i) {
   return tr;
 }
 
+// A text a spreadsheet would run as a formula (= + - @, or a leading tab or CR) gets a
+// leading apostrophe: shown, not evaluated (OWASP), as `sentiguard analyze --out` does.
 function csvCell(value) {
   if (value === null || value === undefined) return "";
-  const s = String(value);
+  let s = String(value);
+  if (typeof value === "string" && /^[=+\-@\t\r]/.test(s)) s = "'" + s;
   return /[",\r\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
 }
 
@@ -235,7 +238,9 @@ function csvCell(value) {
 function download(job) {
   const lines = [RESULT_COLUMNS.join(",")];
   for (const r of job.results) lines.push(RESULT_COLUMNS.map((c) => csvCell(r[c])).join(","));
-  const blob = new Blob(["\uFEFF" + lines.join("\n") + "\n"], { type: "text/csv;charset=utf-8" });
+  const blob = new Blob(["\uFEFF" + lines.join("\r\n") + "\r\n"], {
+    type: "text/csv;charset=utf-8",
+  });
   const url = URL.createObjectURL(blob);
   const a = el("a");
   a.href = url;
