@@ -34,6 +34,7 @@ from sentiguard.data import TEXT_COLUMNS, read_table, read_text
 from sentiguard.errors import DataError, ExitCode, SentiguardError
 from sentiguard.labels import label_fields
 from sentiguard.runtime.endpoints import gateway_url
+from sentiguard.runtime.locate import announce
 from sentiguard.runtime.paths import write_atomic
 from sentiguard.settings import Settings
 
@@ -286,11 +287,20 @@ def analyze_rows(
     return results
 
 
+# A cell starting with one of these is a formula to a spreadsheet program (=HYPERLINK(...),
+# +cmd|..., @SUM(...)); tab and CR too, as OWASP's "CSV Injection" page lists them.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _csv_value(value: Any) -> Any:
+    """A CSV cell: empty for None, true/false, and text that a spreadsheet would run as a
+    formula neutralised with a leading apostrophe (OWASP's advice: shown, not evaluated)."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
     return value
 
 
@@ -301,7 +311,9 @@ def write_results(rows: Sequence[dict[str, Any]], out: str | None, as_json: bool
         for row in rows:
             buffer.write(json.dumps(row, ensure_ascii=False) + "\n")
     else:
-        writer = csv.writer(buffer, lineterminator="\n")
+        # CRLF rows (RFC 4180, the csv module's default): with "\n" alone, a text holding a
+        # bare CR is written unquoted, and a reader splits the row there.
+        writer = csv.writer(buffer, lineterminator="\r\n")
         writer.writerow(RESULT_COLUMNS)
         writer.writerows([_csv_value(row.get(c)) for c in RESULT_COLUMNS] for row in rows)
     if out is None:
@@ -346,11 +358,17 @@ def analyze_command(
     out: str | None,
     local: bool,
     as_json: bool,
+    url: str | None = None,
 ) -> int:
-    """Analyze TEXT (print one result) or --file (write one result row per input row)."""
+    """Analyze TEXT (print one result) or --file (write one result row per input row).
+
+    Through the service `runtime.locate` finds (`url` first), named on stderr.
+    """
     if (text is None) == (file is None):
         print('sentiguard analyze: give a text ("文本") or --file FILE, not both.', file=sys.stderr)
         return ExitCode.USAGE
+    if not local:
+        settings = announce(settings, url).settings
     if text is not None:
         if not text.strip():
             print("sentiguard analyze: the text is empty. Hint: quote the review.", file=sys.stderr)

@@ -5,8 +5,9 @@ given), builds the worker pool, router, admission and metrics, starts the readin
 poller, and wires the routes of DESIGN.md "HTTP API". Control routes are not here: they
 live in `control_app.py` and are served only on the unix socket.
 
-Every response, error or not, carries `X-Request-ID` and produces one JSON access-log
-line; every error is `{"error": {"code", "message"}}` from the one renderer
+Every response, error or not, carries `X-Request-ID` and the security headers
+(`SECURITY_HEADERS`: CSP with frame-ancestors, nosniff, no referrer, no framing) and produces
+one JSON access-log line; every error is `{"error": {"code", "message"}}` from the one renderer
 (`sentiguard.json_errors`), which also counts rejections and sheds here.
 """
 
@@ -25,6 +26,8 @@ from sentiguard import json_errors
 from sentiguard.errors import BadRequest, HTTPError, Overloaded
 from sentiguard.gateway import auth, openapi
 from sentiguard.gateway.admission import FallbackAdmission
+from sentiguard.gateway.client import WorkerClient
+from sentiguard.gateway.history import OpsHistory
 from sentiguard.gateway.metrics import CONTENT_TYPE, Metrics
 from sentiguard.gateway.readiness import ReadinessPoller
 from sentiguard.gateway.routing import Answer, Fallback, Router
@@ -32,17 +35,30 @@ from sentiguard.gateway.state import GatewayState
 from sentiguard.gateway.workers import WorkerPool
 from sentiguard.labels import label_fields
 from sentiguard.logs import EventLog, log_event
+from sentiguard.runtime.trust import Secret
 from sentiguard.settings import Settings
 from sentiguard.validation import Limits, check_content_type, parse_analyze, read_body
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+# Sent on every response as HTTP headers (a <meta> CSP cannot say frame-ancestors, and
+# covers only the page it is in). The policy is the UI pages' own <meta> one, plus no framing.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
 EXTENSION = "sentiguard"
 # Endpoints that need the API key when one is configured; the rest stay open.
-KEYED_ENDPOINTS = frozenset({"analyze", "status", "metrics"})
+KEYED_ENDPOINTS = frozenset({"analyze", "status", "metrics", "ops_data"})
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 ROUTES_HINT = (
     "The API is POST /analyze, GET /health, /ready, /status, /metrics, /openapi.json; "
-    "the web UI is GET /."
+    "the web UI is GET /, the operations page GET /ops (its data GET /ops/data)."
 )
 
 PLACEHOLDER = """<!doctype html><meta charset="utf-8"><title>sentiguard</title>
@@ -61,10 +77,12 @@ class Gateway:
     metrics: Metrics
     poller: ReadinessPoller
     log: EventLog
+    history: OpsHistory
 
     def close(self) -> None:
         """Stop background threads and close pooled connections (tests, shutdown)."""
         self.poller.stop()
+        self.history.stop()
         self.poller.client.close_all()
         self.router.client.close_all()
 
@@ -93,13 +111,16 @@ def create_app(
         settings.gateway.fallback_capacity, settings.gateway.retry_after_s
     )
     state = GatewayState(pool, admission, fallback)
+    metrics = Metrics(state)
+    secret = Secret(settings)  # the per-up secret, read on first use; calls to workers need it
     gateway = Gateway(
         settings=settings,
         state=state,
-        router=Router(pool, fallback, admission, log),
-        metrics=Metrics(state),
-        poller=ReadinessPoller(pool, log),
+        router=Router(pool, fallback, admission, log, WorkerClient(secret)),
+        metrics=metrics,
+        poller=ReadinessPoller(pool, WorkerClient(secret), log),
         log=log,
+        history=OpsHistory(state, metrics, float(settings.watchdog.memory_limit_mb)),
     )
     app = Flask(__name__, static_folder=None)
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -110,6 +131,7 @@ def create_app(
     _register_routes(app, gateway)
     if start_poller:
         gateway.poller.start()
+        gateway.history.start()
     return app
 
 
@@ -138,6 +160,7 @@ def _register_hooks(app: Flask, gateway: Gateway) -> None:
     @app.after_request
     def finish(response: Response) -> Response:
         response.headers["X-Request-ID"] = g.get("request_id", "")
+        response.headers.update(SECURITY_HEADERS)
         fields: dict[str, Any] = {
             "request_id": g.get("request_id"),
             "method": request.method,
@@ -232,6 +255,15 @@ def _register_routes(app: Flask, gateway: Gateway) -> None:
         if (STATIC_DIR / "index.html").is_file():
             return send_from_directory(STATIC_DIR, "index.html")
         return Response(PLACEHOLDER, content_type="text/html; charset=utf-8")
+
+    @app.get("/ops")
+    def ops_page() -> Response:
+        # Open like the UI page: it holds no data, and asks for the key /ops/data needs.
+        return send_from_directory(STATIC_DIR, "ops.html")
+
+    @app.get("/ops/data")
+    def ops_data() -> Response:
+        return jsonify(gateway.history.body())
 
     @app.get("/static/<path:filename>")
     def static_file(filename: str) -> Response:

@@ -113,5 +113,24 @@ class Metrics:
         self.texts.labels(model=model).inc(n_texts)
         self.latency.labels(model=model).observe(latency_s)
 
+    def answered_counts(self) -> dict[tuple[str, str], float]:
+        """Answered requests so far by (model, reason): the counter /metrics shows, read
+        back for the operations page's history rather than counted a second time."""
+        return {
+            (s.labels["model"], s.labels["reason"]): s.value
+            for family in self.requests.collect()
+            for s in family.samples
+            if s.name.endswith("_total")
+        }
+
+    def shed_count(self) -> float:
+        """Requests shed so far (`sentiguard_shed_total`)."""
+        return sum(
+            s.value
+            for family in self.shed.collect()
+            for s in family.samples
+            if s.name.endswith("_total")
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
