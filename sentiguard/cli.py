@@ -1,8 +1,11 @@
 """The `sentiguard` command.
 
 Each subcommand resolves the settings once (defaults < TOML < env < the flags given here)
-and hands them to the module that owns the work. Heavy imports (torch, modelscope,
-scikit-learn) happen inside those modules, so `sentiguard status` stays instant.
+and hands them to the module that owns the work. Commands that talk to a running service
+find it with `runtime.locate` (--url, then a set --port/env/config value, then the record
+`up` left in the run directory, then the defaults) and name it on stderr. Heavy imports
+(torch, modelscope, scikit-learn) happen inside those modules, so `sentiguard status` stays
+instant.
 """
 
 from __future__ import annotations
@@ -34,13 +37,23 @@ def _down(s: settings_mod.Settings, args: argparse.Namespace) -> int:
 def _status(s: settings_mod.Settings, args: argparse.Namespace) -> int:
     from sentiguard.runtime.status import status
 
-    return status(s, as_json=args.json)
+    return status(s, as_json=args.json, url=args.url)
 
 
 def _reload(s: settings_mod.Settings, args: argparse.Namespace) -> int:
+    from sentiguard.runtime.locate import announce
     from sentiguard.runtime.reload import reload
 
+    announce(s)
     return reload(s, model=args.model)
+
+
+def _logs(s: settings_mod.Settings, args: argparse.Namespace) -> int:
+    from sentiguard.runtime.logview import logs_command
+
+    return logs_command(
+        s, follow=args.follow, worker=args.worker, since=args.since, as_json=args.json
+    )
 
 
 def _train(s: settings_mod.Settings, args: argparse.Namespace) -> int:
@@ -65,14 +78,35 @@ def _analyze(s: settings_mod.Settings, args: argparse.Namespace) -> int:
     from sentiguard.analyze import analyze_command
 
     return analyze_command(
-        s, text=args.text, file=args.file, out=args.out, local=args.local, as_json=args.json
+        s,
+        text=args.text,
+        file=args.file,
+        out=args.out,
+        local=args.local,
+        as_json=args.json,
+        url=args.url,
     )
 
 
 def _doctor(s: settings_mod.Settings, args: argparse.Namespace) -> int:
     from sentiguard.doctor import doctor_command
+    from sentiguard.runtime.locate import announce
 
-    return doctor_command(s)
+    return doctor_command(s, target=announce(s, args.url))
+
+
+def _service_options(p: argparse.ArgumentParser) -> None:
+    """--url / --port: which running service to talk to (default: the one `up` recorded)."""
+    p.add_argument(
+        "--url", help="the gateway's base URL, e.g. http://127.0.0.1:5390 (default: found)"
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        dest="gateway.port",
+        metavar="P",
+        help="the gateway's port on this host (default: where `up` serves, from the run dir)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,12 +144,22 @@ def build_parser() -> argparse.ArgumentParser:
         "status", _status, "Show workers, memory, restarts, breakers and recent watchdog decisions."
     )
     p.add_argument("--json", action="store_true", help="print the gateway's /status JSON")
+    _service_options(p)
     p = command(
         "reload",
         _reload,
         "Move the workers to a new primary model one at a time, with no answer lost.",
     )
     p.add_argument("--model", help="new model directory or hub id (default: the configured one)")
+    p = command(
+        "logs",
+        _logs,
+        "Show the watchdog's decisions and the workers' lifecycle as readable lines.",
+    )
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    p.add_argument("--worker", metavar="NAME", help="only this worker's lines, e.g. primary_0")
+    p.add_argument("--since", metavar="AGE", help="only lines newer than AGE: 30s, 10m, 2h, 1d")
+    p.add_argument("--json", action="store_true", help="pass the JSON lines through unchanged")
 
     p = command(
         "train",
@@ -151,13 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="use the fallback model in this process instead of the service",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
+    _service_options(p)
 
-    command(
+    p = command(
         "doctor",
         _doctor,
-        "Check dependencies, ports, model files, memory and the "
-        "supervisord socket; each failing line names its fix.",
+        "Check dependencies, ports, model files, memory, the "
+        "supervisord socket and the running service; each failing line names its fix.",
     )
+    _service_options(p)
     return parser
 
 

@@ -1,13 +1,18 @@
-"""`sentiguard up/down/status`: the rendered supervisord config, the refusals, the status
-table, and (integration) the real lifecycle: `down`, SIGTERM to `up`, `status --json`."""
+"""`sentiguard up/down/status`: the rendered supervisord config and its credentials, the
+refusals, the status table and its JSON errors, and (integration) the real lifecycle:
+`down`, SIGTERM to `up`, `status --json`, and a service started with `up --port` that
+`status`, `analyze`, `doctor`, `logs` and `supervisorctl` find, with quiet logs."""
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import signal
 import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +22,15 @@ from supervisor.options import ServerOptions
 
 from sentiguard import settings as settings_mod
 from sentiguard.chaos.client import wait_until
-from sentiguard.chaos.ports import free_port
+from sentiguard.chaos.ports import free_port, free_port_block
 from sentiguard.chaos.scenarios import wall_ts
-from sentiguard.chaos.service import ServiceHandle, start_service
+from sentiguard.chaos.service import ServiceHandle, service_env, start_service
 from sentiguard.errors import ExitCode, SettingsError
-from sentiguard.runtime import service
+from sentiguard.runtime import control, service
 from sentiguard.runtime import status as status_cmd
 from sentiguard.runtime import supervisord as sv
 from sentiguard.runtime.paths import RunDir
+from sentiguard.watchdog.drain import GatewayLink
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> settings_mod.Settings:
@@ -117,6 +123,116 @@ def test_conf_shutdown_fits_the_graceful_timeout(tmp_path: Path) -> None:
         assert sum(waits) < max(graceful, len(waits) + 1)
 
 
+def test_conf_asks_for_the_per_up_credentials_and_supervisorctl_has_them(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(tmp_path)
+    secret = control.new_secret(settings)
+    (server,) = parse_conf(settings, tmp_path).server_configs
+    user, password = control.supervisor_credentials(secret)
+    assert server["username"] == user and server["password"].startswith("{SHA}")
+    assert secret not in sv.render_supervisord_conf(settings)  # a derived password only
+    ctl = configparser.RawConfigParser()
+    ctl.read_string(sv.render_supervisord_conf(settings))
+    assert ctl["supervisorctl"]["username"] == user
+    assert ctl["supervisorctl"]["password"] == password
+    # A new `up` (a new secret) means new credentials.
+    control.new_secret(settings)
+    assert control.supervisor_credentials(control.read_secret(settings)) != (user, password)
+
+
+def test_restarts_are_counted_since_supervisord_last_started(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    log = RunDir(settings).log("supervisord")
+    log.parent.mkdir(parents=True)
+    log.write_text(
+        "2026-11-29 10:00:00,000 INFO supervisord started with pid 10\n"
+        "2026-11-29 10:00:01,000 INFO spawned: 'gateway' with pid 11\n"
+        "2026-11-29 10:00:05,000 INFO spawned: 'gateway' with pid 12\n"
+        "2026-11-29 11:00:00,000 INFO supervisord started with pid 20\n"
+        "2026-11-29 11:00:01,000 INFO spawned: 'gateway' with pid 21\n"
+        "2026-11-29 11:00:01,000 INFO spawned: 'watchdog' with pid 22\n"
+        "2026-11-29 11:00:09,000 INFO exited: watchdog (exit status 1; not expected)\n"
+        "2026-11-29 11:00:10,000 INFO spawned: 'watchdog' with pid 23\n"
+    )
+    assert sv.restarts(settings) == {"gateway": 0, "watchdog": 1}
+    assert sv.restarts(make_settings(tmp_path / "none")) == {}
+
+
+def test_real_supervisord_is_quiet_and_refuses_other_credentials(tmp_path: Path) -> None:
+    """No CRIT line; `supervisorctl -c` and our client get in; a stale secret does not."""
+    settings = make_settings(tmp_path)
+    control.new_secret(settings)
+    text = sv.render_supervisord_conf(settings).replace("autostart = true", "autostart = false")
+    RunDir(settings).logs.mkdir(parents=True, exist_ok=True)
+    conf = RunDir(settings).supervisord_conf
+    conf.write_text(text)
+    bin_dir = Path(sys.executable).parent
+    proc = subprocess.Popen(
+        [str(bin_dir / "supervisord"), "-c", str(conf)],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+
+        def answers() -> bool:
+            try:
+                return bool(sv.rpc(settings, timeout=1.0).supervisor.getState())
+            except OSError:
+                return False
+
+        wait_until(answers, 20, "supervisord to answer over its socket")
+        ctl = subprocess.run(
+            [str(bin_dir / "supervisorctl"), "-c", str(conf), "status"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert "gateway" in ctl.stdout and "STOPPED" in ctl.stdout, ctl.stdout + ctl.stderr
+        assert "authentication" not in ctl.stdout.lower()
+        control.new_secret(settings)  # as if another `up` had written the run directory
+        with pytest.raises(PermissionError, match="another `sentiguard up`"):
+            sv.rpc(settings, timeout=2.0).supervisor.getState()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    log = RunDir(settings).log("supervisord").read_text()
+    assert "CRIT" not in log and b"CRIT" not in out, log
+
+
+def test_a_gateway_still_starting_is_not_an_outage(tmp_path: Path) -> None:
+    """The watchdog starts with the gateway: no control socket yet is not `unreachable`,
+    until the start grace passes; once reached, losing it is logged at once."""
+    settings = make_settings(tmp_path)
+    control.new_secret(settings)  # `up` writes it before anything starts
+    logged: list[str] = []
+    now = [0.0]
+    link = GatewayLink(
+        settings,
+        lambda event, **fields: logged.append(event),
+        timeout_s=0.2,
+        start_grace_s=30.0,
+        clock=lambda: now[0],
+    )
+    assert link.put_watchdog({"pid": 1}) is False  # control.sock is not there yet
+    now[0] = 29.0
+    assert link.put_watchdog({"pid": 1}) is False
+    assert logged == []
+    now[0] = 31.0  # a gateway that never came up within the grace is an outage
+    link.put_watchdog({"pid": 1})
+    link.put_watchdog({"pid": 1})
+    assert logged == ["gateway_unreachable"]
+
+
+def test_a_missing_secret_is_an_outage_at_once(tmp_path: Path) -> None:
+    logged: list[str] = []
+    link = GatewayLink(make_settings(tmp_path), lambda event, **f: logged.append(event))
+    link.put_watchdog({"pid": 1})
+    assert logged == ["gateway_unreachable"]
+
+
 # --- refusals -----------------------------------------------------------------------------
 
 
@@ -166,6 +282,19 @@ def test_status_and_down_say_how_to_start_when_not_running(
     assert "sentiguard up" in capsys.readouterr().err
     assert service.down(settings) != 0
     assert "sentiguard up" in capsys.readouterr().err
+
+
+def test_status_json_failure_is_one_json_error_object(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = make_settings(tmp_path)
+    assert status_cmd.status(settings, as_json=True) == ExitCode.ERROR
+    out, err = capsys.readouterr()
+    error = json.loads(out)["error"]  # stdout holds only this object
+    assert error["code"] == "not_running" and "sentiguard up" in error["message"]
+    assert error["service"]["url"] == f"http://127.0.0.1:{settings.gateway.port}"
+    assert error["service"]["source"] == "command line"
+    assert "sentiguard up" in err and "sentiguard: service at" in err
 
 
 # --- status rendering ---------------------------------------------------------------------
@@ -220,8 +349,14 @@ def test_status_table_shows_workers_fallback_and_decisions(tmp_path: Path) -> No
     log.write_text("\n".join([*lines, "not json"]) + "\n")
     decisions = status_cmd.last_decisions(log)
     assert [d["ts"] for d in decisions] == ["t3", "t4", "t5", "t6", "t7"]
-    text = status_cmd.render_status(STATUS, decisions)
+    processes = [
+        {"name": "gateway", "pid": 98, "uptime_s": 3725.0, "restarts": 0},
+        {"name": "watchdog", "pid": 99, "uptime_s": 42.0, "restarts": 2},
+    ]
+    text = status_cmd.render_status(STATUS, decisions, processes)
     assert "primary_0" in text and "101" in text and "memory=1,hang=2" in text
+    assert any(line.split() == ["gateway", "98", "1h02m", "0"] for line in text.splitlines())
+    assert any(line.split() == ["watchdog", "99", "42s", "2"] for line in text.splitlines())
     assert "crash=0" not in text  # only the causes that happened
     assert "parked" in text and "open" in text
     assert "capacity=64" in text and "stale=no" in text
@@ -355,6 +490,87 @@ def test_up_refuses_when_the_gateway_port_is_taken_for_real(tmp_path: Path) -> N
     assert code == ExitCode.ERROR
     assert "already in use" in svc.output.read_text()
     svc.stop()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_cli_finds_a_service_started_with_port_and_its_logs_stay_quiet(tmp_path: Path) -> None:
+    """`up --port P` with no port in the environment: every command finds P from the
+    record; a normal start and stop logs no CRIT line and no gateway_unreachable."""
+    port = free_port()
+    values = {
+        "primary.base_port": free_port_block(1),
+        "primary.workers": 1,
+        "faults.enabled": False,
+        "service.run_dir": str(tmp_path / "run"),
+        "service.log_dir": str(tmp_path / "logs"),
+        "watchdog.start_timeout_s": 300.0,  # worker start on busy cores
+    }
+    env = service_env(values)  # no SENTIGUARD_GATEWAY_PORT: the port is only on `up`'s line
+    settings = settings_mod.load(None, environ=env, overrides={"gateway.port": port})
+    output = tmp_path / "up.out"
+    log = output.open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sentiguard", "up", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    svc = ServiceHandle(proc, tmp_path, env, settings, time.monotonic(), output, log)
+    try:
+        svc.wait_ready(starting=True)
+        record = json.loads(RunDir(settings).service_record.read_text())
+        assert record["port"] == port and record["pid"] == proc.pid
+        said = f"sentiguard: service at http://127.0.0.1:{port} (up pid {proc.pid}, since "
+
+        result = svc.cli("status", "--json")
+        assert result.returncode == 0, result.stderr
+        body = json.loads(result.stdout)
+        assert body["workers"][0]["ready"] and body["gateways"][0]["pid"]
+        assert said in result.stderr
+        result = svc.cli("status")
+        assert result.returncode == 0 and "processes" in result.stdout, result.stderr
+        rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line}
+        assert rows["gateway"][1] == str(body["gateways"][0]["pid"]) and rows["gateway"][3] == "0"
+        assert rows["watchdog"][1] == str(body["watchdog"]["pid"])
+
+        result = svc.cli("analyze", "服务很好", "--json")
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["label"] == "positive" and said in result.stderr
+
+        result = svc.cli("doctor", timeout=300)
+        lines = result.stdout.splitlines()
+        gateway_port = next(line for line in lines if "gateway port" in line)
+        assert f":{port} in use by our running sentiguard.gateway" in gateway_port, lines
+        service_line = next(line for line in lines if line.split()[1:2] == ["service"])
+        assert service_line.startswith(("PASS", "WARN")) and "health" in service_line, lines
+
+        conf = RunDir(settings).supervisord_conf
+        ctl = subprocess.run(
+            [str(Path(sys.executable).parent / "supervisorctl"), "-c", str(conf), "status"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert ctl.returncode == 0 and "RUNNING" in ctl.stdout, ctl.stdout + ctl.stderr
+
+        result = svc.cli("logs", "--worker", "primary_0")
+        assert result.returncode == 0 and "worker_ready" in result.stdout, result.stderr
+
+        result = svc.cli("down")
+        assert result.returncode == 0 and said in result.stderr, result.stderr
+        assert proc.wait(timeout=30) == 0
+        assert not RunDir(settings).service_record.exists()  # a clean stop forgets it
+    finally:
+        svc.stop()
+    logs = RunDir(settings).logs
+    for path in (output, RunDir(settings).log("supervisord")):
+        assert "CRIT" not in path.read_text(errors="replace"), path
+    decisions = RunDir(settings).watchdog_log.read_text()
+    assert "gateway_unreachable" not in decisions, decisions
+    assert (logs / "gateway.log").exists()
 
 
 def up_events(output: Path) -> list[dict[str, Any]]:

@@ -13,7 +13,8 @@ Checks take their inputs as parameters (the lock file, the modules to import, th
 figures) so tests can point them at temporary copies; `run_checks(settings)` wires in the
 real ones. The checks live by subject: deps (python, the lock, imports), config (how
 settings fit together), ports (what already runs), models (files and hashes), resources
-(memory, directories).
+(memory, directories), service (the running one, found like every command finds it:
+`runtime.locate`, so a service started with `up --port P` is checked on P).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from sentiguard.doctor.models import check_models
 from sentiguard.doctor.ports import check_ports, check_supervisor_socket
 from sentiguard.doctor.report import Result, Status
 from sentiguard.doctor.resources import check_memory, check_writable
+from sentiguard.doctor.service import check_service
+from sentiguard.runtime.locate import Target, locate
 from sentiguard.runtime.paths import RunDir
 from sentiguard.settings import Settings
 
@@ -47,8 +50,12 @@ def run_checks(
     lock: Path = LOCK_FILE,
     modules: Sequence[str] = RUNTIME_MODULES,
     available_mb: float | None = None,
+    target: Target | None = None,
 ) -> Iterator[Result]:
-    """Every check, in the order an operator fixes things: runtime, config, host, models."""
+    """Every check, in the order an operator fixes things: runtime, config, host, models,
+    then the running service. `target` (default: `locate(settings)`) says where it runs."""
+    target = target if target is not None else locate(settings)
+    settings = target.settings
     yield check_python()
     yield from check_dependencies(lock)
     yield from check_imports(modules)
@@ -59,6 +66,7 @@ def run_checks(
     yield check_memory(settings, available_mb)
     yield check_writable("log dir", RunDir(settings).logs, "service.log_dir")
     yield check_writable("run dir", RunDir(settings).root, "service.run_dir")
+    yield check_service(target)
 
 
 def doctor_command(
@@ -68,11 +76,15 @@ def doctor_command(
     modules: Sequence[str] = RUNTIME_MODULES,
     available_mb: float | None = None,
     out: IO[str] | None = None,
+    target: Target | None = None,
 ) -> int:
     """Print one line per result as it is found; 1 when any line is FAIL, else 0."""
     out = out if out is not None else sys.stdout
     counts = dict.fromkeys(Status, 0)
-    for result in run_checks(settings, lock=lock, modules=modules, available_mb=available_mb):
+    checks = run_checks(
+        settings, lock=lock, modules=modules, available_mb=available_mb, target=target
+    )
+    for result in checks:
         counts[result.status] += 1
         print(result.line(), file=out, flush=True)
     summary = ", ".join(f"{n} {s.value.lower()}" for s, n in counts.items())

@@ -6,12 +6,16 @@ so the three endpoints answer at once whatever the workers do.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
+
 from sentiguard.gateway.admission import FallbackAdmission
+from sentiguard.gateway.incidents import DecisionHistory
 from sentiguard.gateway.routing import Fallback
 from sentiguard.gateway.workers import WorkerPool
 
@@ -37,6 +41,20 @@ class WatchdogReport:
         }
 
 
+@dataclass
+class GatewayProcessInfo:
+    """This gateway process, for `/status` `gateways`. `restarts` is None until whoever
+    starts the process sets it (supervisord's count, `runtime.supervisord.restarts`)."""
+
+    pid: int = field(default_factory=os.getpid)
+    started: float = field(default_factory=lambda: psutil.Process().create_time())
+    restarts: int | None = None
+
+    def view(self) -> dict[str, Any]:
+        uptime = round(time.time() - self.started, 1)  # since the process started
+        return {"pid": self.pid, "uptime_s": uptime, "restarts": self.restarts}
+
+
 class GatewayState:
     """Shared by the public app, the control app, the router and the server's shutdown."""
 
@@ -45,6 +63,10 @@ class GatewayState:
         self.admission = admission
         self.fallback = fallback
         self.watchdog = WatchdogReport()
+        self.process = GatewayProcessInfo()
+        # A report carries only the watchdog's last few decisions; the ops page's timeline
+        # needs the window's, so they are kept here (bounded, deduplicated).
+        self.decisions = DecisionHistory()
         self.shutting_down = threading.Event()
         self._lock = threading.Lock()
         self._active = 0
@@ -65,6 +87,7 @@ class GatewayState:
 
     def record_watchdog(self, body: dict[str, Any]) -> None:
         self.watchdog = WatchdogReport(body=body, received_at=time.monotonic())
+        self.decisions.add(body.get("decisions"))
 
     def health_reasons(self) -> list[str]:
         """Why the service is degraded, in an operator's words; empty when all is well."""
@@ -111,4 +134,6 @@ class GatewayState:
                 "model_version": self.fallback.version,
             },
             "watchdog": self.watchdog.view(),
+            # One process today; several behind one socket will each answer for all.
+            "gateways": [self.process.view()],
         }

@@ -3,11 +3,15 @@
 The watchdog tells the gateway which workers to drain and what it measured through a
 unix socket (`<run_dir>/control.sock`, mode 0600), never through the public port. Each
 `sentiguard up` writes a fresh random secret to `<run_dir>/secret` (mode 0600); every
-control request carries it in the `X-Sentiguard-Secret` header.
+control request carries it in the `X-Sentiguard-Secret` header. supervisord's unix socket
+asks for HTTP basic credentials derived from the same secret (`supervisor_credentials`), so
+one file guards both control paths and a new `up` replaces both.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import secrets
 from typing import Any
@@ -17,6 +21,7 @@ from sentiguard.runtime.paths import RunDir, write_private
 from sentiguard.settings import Settings
 
 SECRET_HEADER = "X-Sentiguard-Secret"
+SUPERVISOR_USER = "sentiguard"
 
 
 def new_secret(settings: Settings) -> str:
@@ -30,6 +35,24 @@ def new_secret(settings: Settings) -> str:
 
 def read_secret(settings: Settings) -> str:
     return RunDir(settings).secret.read_text().strip()
+
+
+def ensure_secret(settings: Settings) -> str:
+    """The run directory's secret, written first when there is none yet."""
+    try:
+        return read_secret(settings)
+    except FileNotFoundError:
+        return new_secret(settings)
+
+
+def supervisor_credentials(secret: str) -> tuple[str, str]:
+    """(username, password) of supervisord's socket for this `up`'s secret.
+
+    The password is derived, not the secret itself: the rendered supervisord config holds
+    it in clear for supervisorctl, and need not also open the gateway's control socket.
+    """
+    password = hmac.new(secret.encode(), b"supervisord", hashlib.sha256).hexdigest()
+    return SUPERVISOR_USER, password
 
 
 class ControlClient:

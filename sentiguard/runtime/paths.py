@@ -13,6 +13,7 @@ supervisord config are written private (`write_private`: mode 0600 from the star
     <run_dir>/primary_model        the model `sentiguard reload` moved the workers to
     <run_dir>/reload.lock          held while a reload runs
     <run_dir>/watchdog_restarts.json  the watchdog's restart counts across its restarts
+    <run_dir>/service.json         where `up` serves (address, port, pid, start time)
     <log_dir>/watchdog.jsonl       the watchdog's decisions, one JSON object a line
 """
 
@@ -63,6 +64,10 @@ class RunDir:
     @property
     def restart_counts(self) -> Path:
         return self.root / "watchdog_restarts.json"
+
+    @property
+    def service_record(self) -> Path:
+        return self.root / "service.json"
 
     @property
     def watchdog_log(self) -> Path:

@@ -2,7 +2,8 @@
 
 `up` checks that nothing else holds the ports or the run directory, writes a fresh control
 secret and `<run_dir>/supervisord.conf`, then runs the real supervisord as its child in the
-foreground. `up` is a small process of its own (the gunicorn arbiter pattern): signal
+foreground, and records where it serves in `<run_dir>/service.json` (`runtime.locate`) until
+it stops. `up` is a small process of its own (the gunicorn arbiter pattern): signal
 handlers only set a flag; the loop forwards one SIGTERM to supervisord and, when the graceful
 timeout passes, kills what is left. It is a Linux child subreaper, so a program orphaned by
 a supervisord that died reparents to `up` and is killed with the rest: no orphans.
@@ -28,6 +29,7 @@ from sentiguard.logs import format_event
 from sentiguard.runtime import control
 from sentiguard.runtime import supervisord as sv
 from sentiguard.runtime.endpoints import WORKER_HOST, gateway_get_json, gateway_url, workers
+from sentiguard.runtime.locate import announce, remove_record, write_record
 from sentiguard.runtime.memory import kill_tree
 from sentiguard.runtime.net import describe_holder, port_free, unix_socket_live
 from sentiguard.runtime.paths import RunDir, write_private
@@ -122,8 +124,10 @@ class Runner:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)]
             )
+            write_record(self.settings, self.proc.pid)
             return self._loop(self.proc)
         finally:
+            remove_record(self.settings)
             for s, handler in previous.items():
                 signal.signal(s, handler)
 
@@ -240,7 +244,9 @@ def not_running(settings: Settings) -> str:
 
 
 def down(settings: Settings) -> int:
-    """Ask supervisord to shut down over its socket and wait until every program is gone."""
+    """Ask supervisord to shut down over its socket and wait until every program and the
+    `up` that ran it are gone."""
+    target = announce(settings)
     proxy = sv.rpc(settings)
     try:
         pid = int(proxy.supervisor.getPID())
@@ -251,13 +257,16 @@ def down(settings: Settings) -> int:
         return ExitCode.ERROR
     started = time.monotonic()
     watched = []
-    for p in (pid, *pids):
+    up_pid = [target.record.pid] if target.record is not None else []
+    for p in (pid, *pids, *up_pid):
         with contextlib.suppress(psutil.NoSuchProcess):
             watched.append(psutil.Process(p))
     # supervisord stops each group within its stopwaitsecs; give it the graceful timeout
     # plus a margin, then kill what is left so `down` never leaves orphans behind.
     timeout = float(settings.service.graceful_timeout_s) + 2.0
     _, alive = psutil.wait_procs(watched, timeout=timeout)
+    # `up` exits by itself once supervisord has; it is waited for, never killed.
+    alive = [p for p in alive if p.pid not in up_pid]
     if alive:
         print(
             f"sentiguard: {len(alive)} process(es) did not stop within {timeout:.0f} s; "

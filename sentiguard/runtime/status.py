@@ -1,8 +1,10 @@
 """`sentiguard status`: the service's state as the gateway reports it, for a person or a tool.
 
-The table comes from the gateway's /status (which never waits on a worker) and the last
-decisions from the watchdog's own log. When the gateway does not answer, supervisord's view
-of the programs is printed instead, with where to look next.
+The service is the one `runtime.locate` finds (named on stderr). The table comes from the
+gateway's /status (which never waits on a worker), the gateway and watchdog processes with
+their uptime and restarts, and the last decisions from the watchdog's own log. When the
+gateway does not answer, supervisord's view of the programs is printed instead, with where
+to look next; with `--json` stdout then holds one `{"error": {...}}` object.
 """
 
 from __future__ import annotations
@@ -10,12 +12,16 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from sentiguard.errors import ExitCode
 from sentiguard.runtime import supervisord as sv
 from sentiguard.runtime.endpoints import gateway_get_json, gateway_url
+from sentiguard.runtime.locate import Target, announce
 from sentiguard.runtime.paths import RunDir
 from sentiguard.runtime.service import not_running
 from sentiguard.settings import Settings
@@ -60,7 +66,65 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return [fmt.format(*headers), *(fmt.format(*r) for r in rows)]
 
 
-def render_status(status: dict[str, Any], decisions: list[dict[str, Any]]) -> str:
+def duration(seconds: float | None) -> str:
+    """`42s`, `5m12s`, `3h04m`, `2d03h`: an uptime at a glance."""
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _uptime(pid: Any) -> float | None:
+    try:
+        return time.time() - psutil.Process(int(pid)).create_time()
+    except (psutil.Error, TypeError, ValueError):
+        return None
+
+
+def process_rows(
+    status: dict[str, Any], restarts: dict[str, int] | None = None
+) -> list[dict[str, Any]]:
+    """The gateway process(es) and the watchdog: name, pid, uptime_s, restarts.
+
+    The gateway reports itself in `gateways`; the watchdog's pid is in its report and its
+    uptime is read from this host. `restarts` (supervisord's counts, `sv.restarts`) fills
+    what the body does not say.
+    """
+    restarts = restarts or {}
+    rows = []
+    for i, g in enumerate(status.get("gateways") or []):
+        count = g.get("restarts")
+        rows.append(
+            {
+                "name": "gateway" if i == 0 else f"gateway_{i}",
+                "pid": g.get("pid"),
+                "uptime_s": g.get("uptime_s"),
+                "restarts": count if count is not None else restarts.get("gateway"),
+            }
+        )
+    pid = (status.get("watchdog") or {}).get("pid")
+    rows.append(
+        {
+            "name": "watchdog",
+            "pid": pid,
+            "uptime_s": _uptime(pid),
+            "restarts": restarts.get("watchdog"),
+        }
+    )
+    return rows
+
+
+def render_status(
+    status: dict[str, Any],
+    decisions: list[dict[str, Any]],
+    processes: list[dict[str, Any]] | None = None,
+) -> str:
     """The human-readable `sentiguard status` text for a gateway /status body."""
     columns = [
         "name",
@@ -88,6 +152,13 @@ def render_status(status: dict[str, Any], decisions: list[dict[str, Any]]) -> st
         for w in workers
     ]
     lines = ["workers", *("  " + r.rstrip() for r in _table(columns, rows))]
+    procs = process_rows(status) if processes is None else processes
+    prow = [
+        [_cell(p["name"]), _cell(p["pid"]), duration(p["uptime_s"]), _cell(p["restarts"])]
+        for p in procs
+    ]
+    lines.append("processes")
+    lines += ["  " + r.rstrip() for r in _table(["name", "pid", "uptime", "restarts"], prow)]
     for section in ("fallback", "watchdog"):
         # The decisions are shown below, from the watchdog's own log.
         info = {k: v for k, v in (status.get(section) or {}).items() if k != "decisions"}
@@ -114,29 +185,37 @@ def _supervisor_states(settings: Settings) -> list[str] | None:
     return [f"{i['group']}:{i['name']} {i['statename']} pid={i['pid'] or '-'}" for i in infos]
 
 
-def status(settings: Settings, as_json: bool = False) -> int:
+def _fail(target: Target, as_json: bool, code: str, message: str, **extra: Any) -> int:
+    """Say why on stderr; with --json, stdout holds only the error object."""
+    if as_json:
+        error = {"code": code, "message": message, "service": target.describe(), **extra}
+        print(json.dumps({"error": error}, ensure_ascii=False, indent=2))
+    print(f"sentiguard: {message}", file=sys.stderr)
+    return ExitCode.ERROR
+
+
+def status(settings: Settings, as_json: bool = False, url: str | None = None) -> int:
     """Print the gateway's /status (a table, or its JSON); non-zero when it does not answer."""
-    url = gateway_url(settings, "/status")
+    target = announce(settings, url)
+    settings = target.settings
+    where = gateway_url(settings, "/status")
     try:
         code, body = gateway_get_json(settings, "/status", timeout_s=2.0)
     except (OSError, ValueError) as e:
         states = _supervisor_states(settings)
         if states is None:
-            print(f"sentiguard: {not_running(settings)}", file=sys.stderr)
-        else:
-            print(
-                f"sentiguard: supervisord is running but the gateway does not answer on {url} "
-                f"({e}). Hint: read {RunDir(settings).log('gateway')}. Programs:\n  "
-                + "\n  ".join(states),
-                file=sys.stderr,
-            )
-        return ExitCode.ERROR
+            return _fail(target, as_json, "not_running", not_running(settings))
+        message = (
+            f"supervisord is running but the gateway does not answer on {where} ({e}). "
+            f"Hint: read {RunDir(settings).log('gateway')}. Programs:\n  " + "\n  ".join(states)
+        )
+        return _fail(target, as_json, "gateway_unreachable", message, programs=states)
     if code != 200 or not isinstance(body, dict):
-        print(f"sentiguard: {url} answered {code}: {body!r}", file=sys.stderr)
-        return ExitCode.ERROR
+        message = f"{where} answered {code}: {body!r}. Hint: is that a sentiguard gateway?"
+        return _fail(target, as_json, "bad_status", message, status=code)
     if as_json:
         print(json.dumps(body, ensure_ascii=False, indent=2))
         return ExitCode.OK
     decisions = last_decisions(RunDir(settings).watchdog_log)
-    print(render_status(body, decisions))
+    print(render_status(body, decisions, process_rows(body, sv.restarts(settings))))
     return ExitCode.OK

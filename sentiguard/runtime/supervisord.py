@@ -5,6 +5,9 @@
 
 - the control interface is `[unix_http_server]` on `<run_dir>/supervisor.sock`, mode 0700,
   never `inet_http_server`: whoever can reach that socket can start and stop processes;
+  it asks for the per-`up` credentials (`control.supervisor_credentials`), and the
+  `[supervisorctl]` section carries them, so `supervisorctl -c <run_dir>/supervisord.conf`
+  works as usual;
 - programs `gateway`, `primary` (numprocs = primary.workers, process names `primary_I`) and
   `watchdog`, each started as `<this python> -m <module>` so the pid supervisord reports is
   the serving process itself, with the resolved settings as `SENTIGUARD_*` variables so
@@ -17,20 +20,24 @@
   under `service.graceful_timeout_s`.
 
 `rpc(settings)` is an XML-RPC proxy over that socket with a timeout (supervisor's own
-transport has none, and a call must not hang `sentiguard down` or the watchdog).
+transport has none, and a call must not hang `sentiguard down` or the watchdog), sending
+those credentials. `restarts(settings)` counts each program's restarts under the running
+supervisord from its own log.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import re
 import shlex
 import sys
 import xmlrpc.client
-from pathlib import Path
 from typing import Any
 
 from sentiguard.errors import SettingsError
+from sentiguard.runtime import control
 from sentiguard.runtime.net import UnixHTTPConnection
 from sentiguard.runtime.paths import RunDir
 from sentiguard.settings import ROOT, Settings
@@ -99,6 +106,9 @@ def render_supervisord_conf(settings: Settings) -> str:
     environment = _environment(settings)
     stopwait = stop_wait_s(settings)
     sock = _ini_value(str(RunDir(settings).supervisor_socket))
+    user, password = control.supervisor_credentials(control.ensure_secret(settings))
+    # supervisord keeps only a hash; supervisorctl needs the password itself.
+    password_sha = "{SHA}" + hashlib.sha1(password.encode()).hexdigest()
 
     def program(name: str, command: str, log_name: str, **extra: Any) -> list[str]:
         lines = [
@@ -129,9 +139,11 @@ def render_supervisord_conf(settings: Settings) -> str:
         "[unix_http_server]",
         f"file = {sock}",
         "chmod = 0700",
+        f"username = {user}",
+        f"password = {password_sha}",
         "",
         "[supervisord]",
-        f"logfile = {_ini_value(str(logs / 'supervisord.log'))}",
+        f"logfile = {_ini_value(str(RunDir(settings).log('supervisord')))}",
         f"logfile_maxbytes = {log_bytes}",
         f"logfile_backups = {backups}",
         "loglevel = info",
@@ -146,6 +158,8 @@ def render_supervisord_conf(settings: Settings) -> str:
         "",
         "[supervisorctl]",
         f"serverurl = unix://{sock}",
+        f"username = {user}",
+        f"password = {password}",
         "",
     ]
     lines += program(
@@ -182,14 +196,26 @@ def render_supervisord_conf(settings: Settings) -> str:
 
 
 class _UnixTransport(xmlrpc.client.Transport):
-    def __init__(self, path: Path, timeout: float) -> None:
+    def __init__(self, settings: Settings, timeout: float) -> None:
         super().__init__()
-        self.path = path
+        self.settings = settings
+        self.path = RunDir(settings).supervisor_socket
         self.timeout = timeout
+
+    def _auth_headers(self) -> list[tuple[str, str]]:
+        # Read at each call: a new `up` writes a new secret. Without one, no credentials
+        # (supervisord then answers 401, turned into PermissionError below).
+        try:
+            secret = control.read_secret(self.settings)
+        except FileNotFoundError:
+            return []
+        token = base64.b64encode(":".join(control.supervisor_credentials(secret)).encode())
+        return [("Authorization", f"Basic {token.decode()}")]
 
     def make_connection(self, host: Any) -> UnixHTTPConnection:
         connection = UnixHTTPConnection(self.path, self.timeout)
         self._connection = (host, connection)  # what Transport.close() closes
+        self._extra_headers = self._auth_headers()  # sent by Transport.send_request
         return connection
 
     def request(self, host: Any, handler: str, request_body: Any, verbose: bool = False) -> Any:
@@ -197,6 +223,15 @@ class _UnixTransport(xmlrpc.client.Transport):
         # close(), and a kept-alive socket would then leak until garbage collection.
         try:
             return super().request(host, handler, request_body, verbose)
+        except xmlrpc.client.ProtocolError as e:
+            if e.errcode != 401:
+                raise
+            raise PermissionError(
+                f"supervisord on {self.path} refused this run directory's credentials: it "
+                f"was started by another `sentiguard up` than the one that wrote "
+                f"{RunDir(self.settings).secret}. Hint: stop it from the shell that started "
+                f"it (Ctrl-C), or kill its pid in {RunDir(self.settings).supervisord_pid}."
+            ) from e
         finally:
             self.close()
 
@@ -205,9 +240,36 @@ def rpc(settings: Settings, timeout: float = 5.0) -> Any:
     """An XML-RPC proxy to this service's supervisord, e.g. `rpc(s).supervisor.getState()`.
 
     Raises OSError (e.g. FileNotFoundError, ConnectionRefusedError) when supervisord is not
-    listening on `<run_dir>/supervisor.sock`.
+    listening on `<run_dir>/supervisor.sock`, and PermissionError when it refuses the
+    credentials of `<run_dir>/secret`.
     """
     return xmlrpc.client.ServerProxy(
-        "http://localhost/RPC2",
-        transport=_UnixTransport(RunDir(settings).supervisor_socket, timeout),
+        "http://localhost/RPC2", transport=_UnixTransport(settings, timeout)
     )
+
+
+_STARTED = re.compile(r"supervisord started with pid (\d+)")
+_SPAWNED = re.compile(r"spawned: '([^']+)' with pid (\d+)")
+
+
+def restarts(settings: Settings, tail_bytes: int = 1 << 20) -> dict[str, int]:
+    """How often supervisord restarted each program since it last started, from its log
+    (`{"gateway": 0, "watchdog": 1, "primary_0": 3}`); empty when there is no log.
+
+    Counts `spawned:` lines after the last `supervisord started` line, minus the first
+    start. Best effort: after the log rotates mid-run, older restarts are not counted.
+    """
+    try:
+        with RunDir(settings).log("supervisord").open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - tail_bytes))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return {}
+    starts = list(_STARTED.finditer(text))
+    if starts:
+        text = text[starts[-1].end() :]
+    spawns: dict[str, int] = {}
+    for match in _SPAWNED.finditer(text):
+        spawns[match.group(1)] = spawns.get(match.group(1), 0) + 1
+    return {name: n - 1 for name, n in spawns.items()}

@@ -5,6 +5,12 @@ Contract (docs/internals.md): `PUT /control/workers/<name>` with the worker's st
 summary. The gateway routes safely without us (its own breakers), so an unreachable
 gateway is logged once when it goes away and once when it comes back, and never stops
 the watchdog from restarting workers.
+
+A gateway that is still starting is not an outage: supervisord starts every program at
+once, and the gateway opens its control socket only after loading its fallback model. Until
+the gateway was reached once, a missing, refusing or silent socket is not logged for
+`start_grace_s` (default `watchdog.start_timeout_s`). A missing secret is logged at once
+(`up` writes it before anything starts), and so is any failure after the first contact.
 """
 
 from __future__ import annotations
@@ -25,12 +31,27 @@ LogEvent = Callable[..., None]  # log(event, **fields): an EventLog, or the Deci
 class GatewayLink:
     """Thread-safe: the loop reports while action threads drain."""
 
-    def __init__(self, settings: Settings, log: LogEvent, timeout_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        log: LogEvent,
+        timeout_s: float = 1.0,
+        start_grace_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.settings = settings
         self.log = log
         self.timeout_s = timeout_s
+        grace = settings.watchdog.start_timeout_s if start_grace_s is None else start_grace_s
+        self.clock = clock
+        self._grace_until = clock() + grace
         self._lock = threading.Lock()
-        self._reachable: bool | None = None  # None: not tried yet
+        self._reachable: bool | None = None  # None: not reached yet
+
+    def _starting(self) -> bool:
+        """Never reached and still within the start grace: the gateway may be loading."""
+        with self._lock:
+            return self._reachable is None and self.clock() < self._grace_until
 
     def _note(self, ok: bool, error: str | None = None) -> None:
         with self._lock:
@@ -50,7 +71,15 @@ class GatewayLink:
         try:
             # A fresh client each time re-reads the secret, so a new `up` is picked up.
             client = ControlClient(self.settings, timeout=self.timeout_s)
+        except OSError as e:
+            self._note(False, f"{type(e).__name__}: {e}")
+            return None
+        try:
             status, answer = client.request(method, path, body)
+        except (FileNotFoundError, ConnectionRefusedError, TimeoutError) as e:
+            if not self._starting():
+                self._note(False, f"{type(e).__name__}: {e}")
+            return None
         except (OSError, http.client.HTTPException, ValueError) as e:
             self._note(False, f"{type(e).__name__}: {e}")
             return None
