@@ -100,7 +100,8 @@ def test_bench_imports_only_the_package() -> None:
 # Spellings that belong to one module each (DESIGN.md's runtime): a second copy drifts.
 ONE_HOME = {
     r'/ "(supervisor\.sock|control\.sock|reload\.lock|watchdog_restarts\.json|primary_model'
-    r'|watchdog\.jsonl|secret|service\.json|supervisord\.(conf|pid))"': "sentiguard/runtime/paths.py",
+    r"|watchdog\.jsonl|secret|service\.json"
+    r'|supervisord\.(conf|pid))"': "sentiguard/runtime/paths.py",
     r"def is_loopback|def _is_loopback|is_loopback = ": "sentiguard/runtime/net.py",
     r"\.bind\(\(": "sentiguard/runtime/net.py",
     r'f"primary_\{|\w\.primary\.base_port \+': "sentiguard/runtime/endpoints.py",

@@ -67,6 +67,16 @@ PLACEHOLDER = """<!doctype html><meta charset="utf-8"><title>sentiguard</title>
 """
 
 
+class GatewayFlask(Flask):
+    """Flask, with `OPTIONS <route>` answered as HTTP says: 204, no body, `Allow`."""
+
+    def make_default_options_response(self) -> Response:
+        response = super().make_default_options_response()
+        response.status_code = 204
+        del response.headers["Content-Type"]
+        return response
+
+
 @dataclass
 class Gateway:
     """What one app holds; `app.extensions["sentiguard"]`."""
@@ -122,7 +132,7 @@ def create_app(
         log=log,
         history=OpsHistory(state, metrics, float(settings.watchdog.memory_limit_mb)),
     )
-    app = Flask(__name__, static_folder=None)
+    app = GatewayFlask(__name__, static_folder=None)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.extensions[EXTENSION] = gateway
@@ -152,7 +162,7 @@ def _register_hooks(app: Flask, gateway: Gateway) -> None:
         g.model = g.reason = None
         g.n_texts = g.text_chars = 0
         g.texts = None
-        if request.endpoint in KEYED_ENDPOINTS:
+        if request.endpoint in KEYED_ENDPOINTS and request.method != "OPTIONS":
             auth.require_key(
                 api_key, request.headers.get("Authorization"), request.headers.get("X-API-Key")
             )
@@ -271,13 +281,17 @@ def _register_routes(app: Flask, gateway: Gateway) -> None:
 
 
 def _deadline_ms(header: str | None, configured: int) -> int:
-    """The configured deadline, or less if the client asks (X-Deadline-Ms) for less."""
+    """The configured deadline, or less if the client asks (X-Deadline-Ms) for less.
+
+    Only ASCII digits count, as openapi.py's pattern says (not `int()`'s signs,
+    underscores, spaces or other scripts' digits); more than the configured is capped to it.
+    """
     if header is None:
         return configured
-    try:
-        asked = int(header)
-    except ValueError:
-        asked = 0
+    digits = header.lstrip("0") if header.isascii() and header.isdigit() else ""
+    if len(digits) > len(str(configured)):
+        return configured  # more digits than the configured deadline: larger, so capped
+    asked = int(digits) if digits else 0
     if asked <= 0:
         raise BadRequest(
             f"X-Deadline-Ms must be a whole number of milliseconds above 0, not {header!r}; "

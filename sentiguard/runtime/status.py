@@ -28,23 +28,28 @@ from sentiguard.settings import Settings
 
 
 def last_decisions(path: Path, count: int = 5, tail_bytes: int = 65536) -> list[dict[str, Any]]:
-    """The last `count` JSON lines of the watchdog's decision log (unparseable lines skipped)."""
-    try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - tail_bytes))
-            chunk = f.read()
-    except FileNotFoundError:
-        return []
-    records = []
-    for line in chunk.decode("utf-8", "replace").splitlines()[-count * 2 :]:
+    """The last `count` JSON lines of the watchdog's decision log (unparseable lines
+    skipped), reaching into the newest rotated file (`.1`) just after a rotation."""
+    records: list[dict[str, Any]] = []
+    for source in (path, path.with_name(path.name + ".1")):
         try:
-            record = json.loads(line)
-        except ValueError:
+            with source.open("rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - tail_bytes))
+                chunk = f.read()
+        except FileNotFoundError:
             continue
-        if isinstance(record, dict):
-            records.append(record)
+        older = []
+        for line in chunk.decode("utf-8", "replace").splitlines()[-count * 2 :]:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                older.append(record)
+        records = older + records
+        if len(records) >= count:
+            break
     return records[-count:]
 
 

@@ -32,7 +32,7 @@ class DecisionLog:
     @classmethod
     def open(cls, settings: Settings) -> DecisionLog:
         """The log of this service instance: stdout and `<log_dir>/watchdog.jsonl`."""
-        return cls(EventLog(path=RunDir(settings).watchdog_log))
+        return cls(EventLog.rotating(RunDir(settings).watchdog_log, settings))
 
     def __call__(self, event: str, **fields: Any) -> None:
         """Log an event of the watchdog itself (not kept for reports)."""
