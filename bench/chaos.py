@@ -10,6 +10,11 @@ It prints numbers, never pass/fail.
     .venv/bin/python bench/chaos.py --only kill,hang --kill-s 60
     .venv/bin/python bench/chaos.py --model /path/to/another/model --only kill
     .venv/bin/python bench/chaos.py --json results.json
+    .venv/bin/python bench/chaos.py --only hostile_body,flood --flood-connections 5000
+
+`hostile_body` and `flood` (issue 11) run against the same service: a body of the maximum
+size built to be slow to check, and thousands of half-open connections while closed-loop
+clients keep the workers busy (sentiguard/chaos/floods.py).
 """
 
 from __future__ import annotations
@@ -23,12 +28,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sentiguard.chaos import floods
 from sentiguard.chaos import scenarios as chaos
 from sentiguard.chaos.service import ServiceHandle, start_service
 from sentiguard.chaos.timeline import Result
 from sentiguard.settings import ROOT
 
-SCENARIOS = ("overload", "leak", "hang", "kill", "broken_model")
+SCENARIOS = ("overload", "leak", "hang", "kill", "broken_model", "hostile_body", "flood")
 
 
 def _spread(values: list[float | None]) -> str:
@@ -75,6 +81,29 @@ def report(result: Result) -> dict[str, Any]:
     return summary
 
 
+def report_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    print(f"\n== {summary['scenario']}")
+    for key, value in summary.items():
+        if key != "scenario":
+            print(f"  {key} {value}")
+    return summary
+
+
+def run_hostile(args: argparse.Namespace, svc: ServiceHandle, name: str) -> dict[str, Any]:
+    if name == "hostile_body":
+        return report_summary(
+            floods.hostile_body(svc.port, args.hostile_bytes, args.hostile_rounds).summary()
+        )
+    result = floods.flood(
+        svc.port,
+        args.flood_connections,
+        wait_close_s=2 * svc.settings.gateway.header_timeout_s + 10,
+        rounds=args.flood_rounds,
+        clients=args.flood_clients,
+    )
+    return report_summary(result.summary())
+
+
 def run(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
     only = args.only.split(",") if args.only else list(SCENARIOS)
     unknown = set(only) - set(SCENARIOS)
@@ -103,6 +132,9 @@ def run(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
                     r = chaos.leak(svc, index=0)
                 elif name == "hang":
                     r = chaos.hang(svc, index=1)
+                elif name in ("hostile_body", "flood"):
+                    results.append(run_hostile(args, svc, name))
+                    continue
                 else:
                     r = chaos.kill(svc, duration_s=args.kill_s, every_s=args.every_s)
                 results.append(report(r))
@@ -136,6 +168,15 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=64, help="overload clients")
     parser.add_argument("--broken-s", type=float, default=90.0, help="broken-model watch window")
     parser.add_argument("--memory-limit-mb", type=int, default=chaos.LEAK_LIMIT_MB)
+    parser.add_argument("--hostile-bytes", type=int, default=2_000_000, help="hostile body size")
+    parser.add_argument("--hostile-rounds", type=int, default=5)
+    parser.add_argument("--flood-connections", type=int, default=5000)
+    parser.add_argument(
+        "--flood-clients", type=int, default=64, help="closed-loop clients during the flood"
+    )
+    parser.add_argument(
+        "--flood-rounds", type=int, default=5, help="new-client requests during, after"
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the summaries here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sentiguard-chaos-") as tmp:
