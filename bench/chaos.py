@@ -15,6 +15,13 @@ It prints numbers, never pass/fail.
 `hostile_body` and `flood` (issue 11) run against the same service: a body of the maximum
 size built to be slow to check, and thousands of half-open connections while closed-loop
 clients keep the workers busy (sentiguard/chaos/floods.py).
+
+`gateway_kill` SIGKILLs one of the gateway processes under `--gateway-clients` (16) clients
+and counts refused connections and lost requests against those in flight on it;
+`stop_under_load` runs `sentiguard down` under `--stop-clients` (8) clients and counts resets
+(sentiguard/chaos/gateways.py). `stop_under_load` stops the service, so it runs last.
+
+    .venv/bin/python bench/chaos.py --only gateway_kill,stop_under_load
 """
 
 from __future__ import annotations
@@ -29,12 +36,23 @@ from pathlib import Path
 from typing import Any
 
 from sentiguard.chaos import floods
+from sentiguard.chaos import gateways as gateway_faults
 from sentiguard.chaos import scenarios as chaos
 from sentiguard.chaos.service import ServiceHandle, start_service
 from sentiguard.chaos.timeline import Result
 from sentiguard.settings import ROOT
 
-SCENARIOS = ("overload", "leak", "hang", "kill", "broken_model", "hostile_body", "flood")
+SCENARIOS = (
+    "overload",
+    "leak",
+    "hang",
+    "kill",
+    "broken_model",
+    "hostile_body",
+    "flood",
+    "gateway_kill",
+    "stop_under_load",
+)
 
 
 def _spread(values: list[float | None]) -> str:
@@ -115,8 +133,13 @@ def run(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
     }
     if args.model:
         overrides["primary.model"] = args.model
+    if args.gateway_processes:
+        overrides["gateway.processes"] = args.gateway_processes
     results = []
-    healing = [s for s in only if s != "broken_model"]
+    # stop_under_load ends the shared service: last of those that use it.
+    healing = [s for s in only if s not in ("broken_model", "stop_under_load")]
+    if "stop_under_load" in only:
+        healing.append("stop_under_load")
     if healing:
         print(f"starting the service ({args.workers} workers) in {workdir / 'service'} ...")
         svc: ServiceHandle = start_service(
@@ -135,6 +158,12 @@ def run(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
                 elif name in ("hostile_body", "flood"):
                     results.append(run_hostile(args, svc, name))
                     continue
+                elif name == "gateway_kill":
+                    r = gateway_faults.gateway_kill(
+                        svc, clients=args.gateway_clients, after_s=args.gateway_kill_s
+                    )
+                elif name == "stop_under_load":
+                    r = gateway_faults.stop_under_load(svc, clients=args.stop_clients)
                 else:
                     r = chaos.kill(svc, duration_s=args.kill_s, every_s=args.every_s)
                 results.append(report(r))
@@ -168,6 +197,14 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=64, help="overload clients")
     parser.add_argument("--broken-s", type=float, default=90.0, help="broken-model watch window")
     parser.add_argument("--memory-limit-mb", type=int, default=chaos.LEAK_LIMIT_MB)
+    parser.add_argument("--gateway-clients", type=int, default=16, help="gateway_kill clients")
+    parser.add_argument(
+        "--gateway-kill-s", type=float, default=10.0, help="gateway_kill: load kept after the kill"
+    )
+    parser.add_argument("--stop-clients", type=int, default=8, help="stop_under_load clients")
+    parser.add_argument(
+        "--gateway-processes", type=int, help="gateway.processes (default: the setting's, 2)"
+    )
     parser.add_argument("--hostile-bytes", type=int, default=2_000_000, help="hostile body size")
     parser.add_argument("--hostile-rounds", type=int, default=5)
     parser.add_argument("--flood-connections", type=int, default=5000)

@@ -20,6 +20,11 @@ class ExitCode(IntEnum):
     # it will not help; the watchdog parks it instead of hammering it (gunicorn's
     # APP_LOAD_ERROR plays the same role).
     MODEL_LOAD_ERROR = 4
+    # `sentiguard up` stopped the service because a gateway process or the watchdog went
+    # FATAL in supervisord (it could not start, again and again) or kept crashing: the
+    # service cannot serve as configured, so the service manager (systemd Restart=on-failure,
+    # Docker --restart, Kubernetes) restarts the whole of it. EX_UNAVAILABLE from sysexits.h.
+    PROGRAM_FATAL = 69
     CONFIG_ERROR = 78  # EX_CONFIG from sysexits.h
 
 

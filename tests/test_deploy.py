@@ -22,6 +22,7 @@ import yaml
 
 from sentiguard import settings as settings_mod
 from sentiguard.doctor.resources import GATEWAY_MB, SUPPORT_MB
+from sentiguard.errors import ExitCode
 from sentiguard.settings import ROOT
 
 DEPLOY = ROOT / "deploy"
@@ -53,7 +54,8 @@ def budget_mb(env: dict[str, str]) -> int:
     workers = s.primary.workers
     limit = s.watchdog.memory_limit_mb
     overshoot = s.watchdog.memory_critical_mb - limit
-    return int(workers * limit + GATEWAY_MB + SUPPORT_MB + overshoot)
+    gateways = s.gateway.processes * GATEWAY_MB
+    return int(workers * limit + gateways + SUPPORT_MB + overshoot)
 
 
 def mebibytes(quantity: str) -> float:
@@ -268,6 +270,8 @@ def test_systemd_unit_stops_within_the_graceful_timeout() -> None:
     graceful = settings_mod.BY_NAME["service.graceful_timeout_s"].default
     assert int(service["TimeoutStopSec"]) > graceful
     assert "78" in service["RestartPreventExitStatus"].split()  # ExitCode.CONFIG_ERROR
+    # `up` escalating a FATAL gateway or watchdog must get the whole service restarted.
+    assert str(int(ExitCode.PROGRAM_FATAL)) not in service["RestartPreventExitStatus"].split()
     # systemd's M is 1024-based.
     assert int(service["MemoryMax"].removesuffix("M")) >= budget_mb({})
 

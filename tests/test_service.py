@@ -82,10 +82,14 @@ def test_conf_programs_match_the_contract(tmp_path: Path) -> None:
         assert p.autorestart is False  # the watchdog owns worker restarts
         assert p.startsecs == 0 and p.startretries == 0
         assert p.stdout_logfile == str(tmp_path / "logs" / f"primary_{i}.log")
-    for name in ("gateway", "watchdog"):
-        (p,) = groups[name].process_configs
-        assert p.command == f"{sys.executable} -m sentiguard.{name}"
+    gateways = groups["gateway"].process_configs
+    assert [p.name for p in gateways] == ["gateway_0", "gateway_1"]  # gateway.processes
+    for i, p in enumerate(gateways):
+        assert p.command == f"{sys.executable} -m sentiguard.gateway --index {i}"
         assert p.autorestart is not False
+    (p,) = groups["watchdog"].process_configs
+    assert p.command == f"{sys.executable} -m sentiguard.watchdog"
+    assert p.autorestart is not False
     # The watchdog stops first (it must not restart what shutdown stops), the gateway last.
     assert groups["watchdog"].priority > groups["primary"].priority > groups["gateway"].priority
 
@@ -216,19 +220,21 @@ def test_a_gateway_still_starting_is_not_an_outage(tmp_path: Path) -> None:
         start_grace_s=30.0,
         clock=lambda: now[0],
     )
-    assert link.put_watchdog({"pid": 1}) is False  # control.sock is not there yet
+    assert link.put_watchdog({"pid": 1}) is False  # no control_I.sock there yet
     now[0] = 29.0
     assert link.put_watchdog({"pid": 1}) is False
     assert logged == []
     now[0] = 31.0  # a gateway that never came up within the grace is an outage
     link.put_watchdog({"pid": 1})
     link.put_watchdog({"pid": 1})
-    assert logged == ["gateway_unreachable"]
+    # Once per gateway process.
+    assert logged == ["gateway_unreachable"] * settings.gateway.processes
 
 
 def test_a_missing_secret_is_an_outage_at_once(tmp_path: Path) -> None:
     logged: list[str] = []
-    link = GatewayLink(make_settings(tmp_path), lambda event, **f: logged.append(event))
+    settings = make_settings(tmp_path, **{"gateway.processes": 1})
+    link = GatewayLink(settings, lambda event, **f: logged.append(event))
     link.put_watchdog({"pid": 1})
     assert logged == ["gateway_unreachable"]
 
@@ -532,7 +538,8 @@ def test_cli_finds_a_service_started_with_port_and_its_logs_stay_quiet(tmp_path:
         result = svc.cli("status")
         assert result.returncode == 0 and "processes" in result.stdout, result.stderr
         rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line}
-        assert rows["gateway"][1] == str(body["gateways"][0]["pid"]) and rows["gateway"][3] == "0"
+        for g in body["gateways"]:  # every gateway process, with supervisord's restarts
+            assert rows[g["name"]][1] == str(g["pid"]) and rows[g["name"]][3] == "0"
         assert rows["watchdog"][1] == str(body["watchdog"]["pid"])
 
         result = svc.cli("analyze", "服务很好", "--json")
@@ -570,7 +577,7 @@ def test_cli_finds_a_service_started_with_port_and_its_logs_stay_quiet(tmp_path:
         assert "CRIT" not in path.read_text(errors="replace"), path
     decisions = RunDir(settings).watchdog_log.read_text()
     assert "gateway_unreachable" not in decisions, decisions
-    assert (logs / "gateway.log").exists()
+    assert (logs / "gateway_0.log").exists() and (logs / "gateway_1.log").exists()
 
 
 def up_events(output: Path) -> list[dict[str, Any]]:

@@ -108,6 +108,11 @@ class ServiceHandle:
         """The pid supervisord reports for primary_`index` (0 when it is not running)."""
         return int(self.rpc().supervisor.getProcessInfo(f"primary:primary_{index}")["pid"])
 
+    def gateway_pids(self) -> dict[str, int]:
+        """supervisord's pid of each gateway process (`gateway_I`; 0 when not running)."""
+        infos = self.rpc().supervisor.getAllProcessInfo()
+        return {i["name"]: int(i["pid"]) for i in infos if i["group"] == "gateway"}
+
     def all_ready(self) -> bool:
         workers = self.status()["workers"]
         return len(workers) == self.workers and all(w["ready"] for w in workers)

@@ -26,10 +26,23 @@ def _answers_like(host: str, port: int, path: str, key: str) -> bool:
     return body is not None and key in body
 
 
+def _is_up(proc: psutil.Process) -> bool:
+    """`sentiguard up` (`python -m sentiguard up`, or the `sentiguard` script)."""
+    try:
+        args = proc.cmdline()
+    except psutil.Error:
+        return False
+    return "up" in args and any(a == "sentiguard" or a.endswith("/sentiguard") for a in args)
+
+
 def check_port(
     check: str, host: str, port: int, module: str, probe_path: str, probe_key: str
 ) -> Result:
-    """Free, or held by our own `python -m <module>` (the service is up: say so)."""
+    """Free, or held by our own `python -m <module>` (the service is up: say so).
+
+    The gateway's socket is held by `sentiguard up` too (it hands it to every gateway
+    process: `runtime.listener`), and psutil may name that holder first.
+    """
     try:
         free = port_free(host, port)
     except OSError:
@@ -43,7 +56,7 @@ def check_port(
             name = proc.name()
         except psutil.Error:
             cmdline, name = "", "?"
-        if module in cmdline:
+        if module in cmdline or (module == "sentiguard.gateway" and _is_up(proc)):
             return ok(check, f"{host}:{port} in use by our running {module} (pid {proc.pid})")
         who = f"pid {proc.pid} ({name})"
     else:

@@ -12,20 +12,22 @@ from sentiguard.runtime.memory import sample
 from sentiguard.runtime.paths import RunDir
 from sentiguard.settings import Settings
 
-# Memory the processes other than the primary workers need. The gateway with the embedded
-# fallback measured ~150 MB RSS after 200 batch requests; 400 leaves room for its 96 threads
-# each holding a request body of up to gateway.max_body_bytes (2 MB). supervisord + watchdog
-# are small Python processes. docs/deploy.md, the Kubernetes memory limit and systemd's
-# MemoryMax are derived from these numbers (tests/test_deploy.py keeps them in step).
+# Memory the processes other than the primary workers need. A gateway process with the
+# embedded fallback measured ~150 MB RSS after 200 batch requests; 400 leaves room for its 96
+# threads each holding a request body of up to gateway.max_body_bytes (2 MB); there are
+# gateway.processes of them. supervisord + watchdog (+ `up`) are small Python processes.
+# docs/deploy.md, the Kubernetes memory limit and systemd's MemoryMax are derived from these
+# numbers (tests/test_deploy.py keeps them in step).
 GATEWAY_MB = 400
 SUPPORT_MB = 100
 
 
 def memory_budget_mb(settings: Settings) -> int:
     """Memory one instance may use before the watchdog recycles anything: every worker at
-    its limit, plus the gateway (with the fallback) and supervisord + watchdog."""
+    its limit, plus each gateway process (with its fallback) and supervisord + watchdog."""
     workers = settings.primary.workers
-    return workers * settings.watchdog.memory_limit_mb + GATEWAY_MB + SUPPORT_MB
+    gateways = settings.gateway.processes * GATEWAY_MB
+    return workers * settings.watchdog.memory_limit_mb + gateways + SUPPORT_MB
 
 
 def cgroup_available_mb(root: Path = Path("/sys/fs/cgroup")) -> float | None:
@@ -77,12 +79,13 @@ def check_memory(settings: Settings, available_mb: float | None = None) -> Resul
     limit = settings.watchdog.memory_limit_mb
     detail = (
         f"{available_mb:.0f} MB available{note}; needs {need} MB = {workers} workers x "
-        f"{limit} MB (watchdog.memory_limit_mb) + {GATEWAY_MB} gateway + {SUPPORT_MB} "
-        f"supervisord/watchdog"
+        f"{limit} MB (watchdog.memory_limit_mb) + {settings.gateway.processes} gateway "
+        f"processes x {GATEWAY_MB} MB + {SUPPORT_MB} supervisord/watchdog"
     )
     if available_mb >= need * 1.2:
         return ok("memory", detail)
-    fits = max(0, int((available_mb - GATEWAY_MB - SUPPORT_MB) // limit))
+    gateways = settings.gateway.processes * GATEWAY_MB
+    fits = max(0, int((available_mb - gateways - SUPPORT_MB) // limit))
     fix = (
         f"free memory, or set primary.workers = {fits} (fits), or lower watchdog.memory_limit_mb"
         if fits

@@ -6,6 +6,10 @@ Routes (docs/internals.md, "Gateway control socket"):
   of it (state, memory, restarts, parked) -> `{"name", "in_flight", "drain"}`; the
   watchdog repeats it until `in_flight` is 0. `GET` answers the same without changing.
 - `PUT /control/watchdog`: the watchdog's limits and last decisions, shown in /status.
+- `GET /control/local`: this process's own counts (per-worker in flight, fallback, itself),
+  which a sibling gateway process adds to its /status and /metrics (`siblings.py`).
+
+Each gateway process serves its own socket, `<run_dir>/control_I.sock`.
 
 Every request must carry `X-Sentiguard-Secret` equal to `<run_dir>/secret` (read at each
 request, so a new `up` with a new secret needs no gateway restart); else 403. This app
@@ -81,6 +85,10 @@ def create_control_app(settings: Settings, state: GatewayState, log: EventLog) -
     def watchdog() -> Response:
         state.record_watchdog(_json_object())
         return jsonify({"ok": True})
+
+    @app.get("/control/local")
+    def local() -> Response:
+        return jsonify(state.local_view())
 
     return app
 

@@ -16,20 +16,41 @@ Read from the held state at scrape time (`StateCollector`):
 - `sentiguard_worker_rss_bytes{worker}`, `sentiguard_worker_uss_bytes{worker}`
 - `sentiguard_worker_restarts_total{worker, cause}` (counted by the watchdog)
 - `sentiguard_fallback_in_use`, `sentiguard_fallback_capacity`, `sentiguard_watchdog_stale`
+
+With several gateway processes every scrape answers for the whole service, whichever
+process takes it. The counters and the histogram use prometheus_client's multiprocess mode:
+`sentiguard up` hands the gateway processes `PROMETHEUS_MULTIPROC_DIR` (`<run_dir>/metrics`,
+emptied at each `up`), each process writes its values to its own files there, and a scrape
+sums every file, those of processes that died or restarted included, so a counter never
+goes back. The state gauges come from the merged /status body (`GatewayState.status`):
+in-flight and fallback counts summed over the processes, the rest as this process sees it.
+Without that variable (tests, a gateway run alone) everything is this process's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from sentiguard.gateway.state import GatewayState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 5.0)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_dir() -> str | None:
+    """Where every gateway process's counters are, when there are several (else None).
+
+    prometheus_client decides at import whether values live in files there; the variable
+    comes from the process's environment, set by `sentiguard up`.
+    """
+    return os.environ.get(MULTIPROC_ENV) or None
 
 
 class StateCollector(Collector):
@@ -51,7 +72,8 @@ class StateCollector(Collector):
         restarts = CounterMetricFamily(
             "sentiguard_worker_restarts", "worker restarts by cause", labels=["worker", "cause"]
         )
-        for w in self.state.pool.snapshot():
+        status = self.state.status()  # the whole service's, with the siblings' counts
+        for w in status["workers"]:
             name = w["name"]
             gauges["ready"].add_metric([name], 1.0 if w["ready"] and not w["drain"] else 0.0)
             gauges["in_flight"].add_metric([name], w["in_flight"])
@@ -64,14 +86,14 @@ class StateCollector(Collector):
                 restarts.add_metric([name, cause], n)
         yield from gauges.values()
         yield restarts
-        admission = self.state.admission
+        fallback = status["fallback"]
         yield GaugeMetricFamily(
-            "sentiguard_fallback_in_use", "requests the fallback answers now", admission.in_use
+            "sentiguard_fallback_in_use", "requests the fallback answers now", fallback["in_use"]
         )
         yield GaugeMetricFamily(
-            "sentiguard_fallback_capacity", "fallback requests at once", admission.capacity
+            "sentiguard_fallback_capacity", "fallback requests at once", fallback["capacity"]
         )
-        stale = self.state.watchdog.view()["stale"]
+        stale = status["watchdog"]["stale"]
         yield GaugeMetricFamily(
             "sentiguard_watchdog_stale",
             "1 when the watchdog has not reported for 10 s",
@@ -106,31 +128,46 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.registry.register(StateCollector(state))
+        self.state_collector = StateCollector(state)
+        self.registry.register(self.state_collector)
+        self.shared_dir = multiprocess_dir()
 
     def answered(self, model: str, reason: str | None, n_texts: int, latency_s: float) -> None:
         self.requests.labels(model=model, reason=reason or "none").inc()
         self.texts.labels(model=model).inc(n_texts)
         self.latency.labels(model=model).observe(latency_s)
 
+    def _families(self, name: str, own: Counter) -> Iterable[Metric]:
+        """A counter's families: every gateway process's (summed) when shared, else ours."""
+        if self.shared_dir is None:
+            return own.collect()
+        every = MultiProcessCollector(None, path=self.shared_dir).collect()
+        return [f for f in every if f.name == name]
+
     def answered_counts(self) -> dict[tuple[str, str], float]:
         """Answered requests so far by (model, reason): the counter /metrics shows, read
         back for the operations page's history rather than counted a second time."""
-        return {
-            (s.labels["model"], s.labels["reason"]): s.value
-            for family in self.requests.collect()
-            for s in family.samples
-            if s.name.endswith("_total")
-        }
+        counts: dict[tuple[str, str], float] = {}
+        for family in self._families("sentiguard_requests", self.requests):
+            for s in family.samples:
+                if s.name.endswith("_total"):
+                    key = (s.labels["model"], s.labels["reason"])
+                    counts[key] = counts.get(key, 0.0) + s.value
+        return counts
 
     def shed_count(self) -> float:
         """Requests shed so far (`sentiguard_shed_total`)."""
         return sum(
             s.value
-            for family in self.shed.collect()
+            for family in self._families("sentiguard_shed", self.shed)
             for s in family.samples
             if s.name.endswith("_total")
         )
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.shared_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self.shared_dir)
+        registry.register(self.state_collector)
+        return generate_latest(registry)

@@ -173,7 +173,15 @@ def schemas(settings: Settings) -> JSON:
         "stale": BOOL,
     }
     fallback = {"capacity": INT, "in_use": INT, "shed_total": INT, "model_version": STR}
-    gateway = {"pid": INT, "uptime_s": NUM, "restarts": _nullable("integer")}
+    # Every gateway process; one that did not answer the one answering has no pid/uptime.
+    gateway = {
+        "name": STR,
+        "index": INT,
+        "pid": _nullable("integer"),
+        "uptime_s": _nullable("number"),
+        "restarts": _nullable("integer"),
+        "reachable": BOOL,
+    }
     return {
         "Result": _object(result, closed=True),
         "Results": _object({"results": _array(_ref("Result"))}, closed=True),

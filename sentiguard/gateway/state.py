@@ -1,7 +1,9 @@
 """Everything the gateway holds, and the /health, /ready and /status bodies built from it.
 
 These bodies are built from memory only, never by asking a worker (which may be hung),
-so the three endpoints answer at once whatever the workers do.
+so the three endpoints answer at once whatever the workers do. With several gateway
+processes, /status adds the other processes' own views (`siblings.Siblings`, asked over
+their control sockets with a short timeout); /health and /ready are this process's.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import psutil
 from sentiguard.gateway.admission import FallbackAdmission
 from sentiguard.gateway.incidents import DecisionHistory
 from sentiguard.gateway.routing import Fallback
+from sentiguard.gateway.siblings import Siblings
 from sentiguard.gateway.workers import WorkerPool
 
 # The watchdog reports every second or so; ten seconds of silence means it is gone.
@@ -43,16 +46,26 @@ class WatchdogReport:
 
 @dataclass
 class GatewayProcessInfo:
-    """This gateway process, for `/status` `gateways`. `restarts` is None until whoever
-    starts the process sets it (supervisord's count, `runtime.supervisord.restarts`)."""
+    """This gateway process, for `/status` `gateways`: `name` is supervisord's (`gateway_I`).
+    `restarts` is None until the process learns it (supervisord's count of its restarts,
+    `runtime.supervisord.restarts`, read at start)."""
 
+    index: int = 0
+    name: str = "gateway_0"
     pid: int = field(default_factory=os.getpid)
     started: float = field(default_factory=lambda: psutil.Process().create_time())
     restarts: int | None = None
 
     def view(self) -> dict[str, Any]:
         uptime = round(time.time() - self.started, 1)  # since the process started
-        return {"pid": self.pid, "uptime_s": uptime, "restarts": self.restarts}
+        return {
+            "name": self.name,
+            "index": self.index,
+            "pid": self.pid,
+            "uptime_s": uptime,
+            "restarts": self.restarts,
+            "reachable": True,
+        }
 
 
 class GatewayState:
@@ -64,6 +77,8 @@ class GatewayState:
         self.fallback = fallback
         self.watchdog = WatchdogReport()
         self.process = GatewayProcessInfo()
+        # The other gateway processes (set by the process when there are several).
+        self.siblings: Siblings | None = None
         # A report carries only the watchdog's last few decisions; the ops page's timeline
         # needs the window's, so they are kept here (bounded, deduplicated).
         self.decisions = DecisionHistory()
@@ -124,16 +139,45 @@ class GatewayState:
             return 503, {"ready": False, "primary_ready": primary, "reason": "shutting_down"}
         return 200, {"ready": True, "primary_ready": primary}
 
-    def status(self) -> dict[str, Any]:
+    def fallback_view(self) -> dict[str, Any]:
         return {
-            "workers": self.pool.snapshot(),
-            "fallback": {
-                "capacity": self.admission.capacity,
-                "in_use": self.admission.in_use,
-                "shed_total": self.admission.shed_total,
-                "model_version": self.fallback.version,
-            },
+            "capacity": self.admission.capacity,
+            "in_use": self.admission.in_use,
+            "shed_total": self.admission.shed_total,
+            "model_version": self.fallback.version,
+        }
+
+    def workers(self) -> list[dict[str, Any]]:
+        """The pool's snapshot, each worker with `capacity`: the requests this process may
+        send it at once (its share of max_in_flight_per_worker), unless the pool says."""
+        return [{"capacity": self.pool.max_in_flight, **w} for w in self.pool.snapshot()]
+
+    def own_status(self) -> dict[str, Any]:
+        """This process's /status body, before its siblings' views are added."""
+        return {
+            "workers": self.workers(),
+            "fallback": self.fallback_view(),
             "watchdog": self.watchdog.view(),
-            # One process today; several behind one socket will each answer for all.
             "gateways": [self.process.view()],
+        }
+
+    def status(self) -> dict[str, Any]:
+        """The /status body for the whole service: every gateway process's counts."""
+        own = self.own_status()
+        return own if self.siblings is None else self.siblings.merge(own)
+
+    def local_view(self) -> dict[str, Any]:
+        """What a sibling adds to its /status (`GET /control/local`): this process's
+        per-worker counts, its fallback, and itself."""
+        workers = {
+            w["name"]: {k: w[k] for k in ("in_flight", "capacity") if k in w}
+            for w in self.workers()
+        }
+        watchdog = self.watchdog.view()
+        return {
+            "gateway": self.process.view(),
+            "max_in_flight_per_worker": self.pool.max_in_flight,  # this process's share
+            "workers": workers,
+            "fallback": self.fallback_view(),
+            "watchdog": {k: watchdog[k] for k in ("pid", "last_report_age_s", "stale")},
         }

@@ -99,12 +99,18 @@ class WorkerProcess:
         from waitress.server import create_server
 
         app = create_app(self.state)
+        g = self.settings.gateway
         try:
             server = create_server(
                 app,
                 host=endpoints.WORKER_HOST,
                 port=self.port,
                 threads=self.settings.primary.server_threads,
+                # Each thread of each gateway process may keep a connection here (the
+                # gateway's WorkerClient pools one per thread and worker), plus the pollers
+                # and the watchdog's probes. Past waitress's default of 100 the worker would
+                # stop accepting, and the watchdog would take the silence for a hang.
+                connection_limit=max(100, g.processes * (g.threads + 4) + 32),
                 ident="sentiguard-primary",
             )
         except OSError as e:

@@ -1,7 +1,8 @@
 """The control channel: host-only, secret-guarded requests to the gateway.
 
-The watchdog tells the gateway which workers to drain and what it measured through a
-unix socket (`<run_dir>/control.sock`, mode 0600), never through the public port. Each
+The watchdog tells the gateway processes which workers to drain and what it measured
+through unix sockets (`<run_dir>/control_<i>.sock`, one a gateway process, mode 0600),
+never through the public port. Each
 `sentiguard up` writes a fresh random secret to `<run_dir>/secret` (mode 0600); every
 control request carries it in the `X-Sentiguard-Secret` header. supervisord's unix socket
 asks for HTTP basic credentials derived from the same secret (`supervisor_credentials`), so

@@ -8,7 +8,11 @@ supervisord config are written private (`write_private`: mode 0600 from the star
     <run_dir>/supervisor.sock      supervisord's XML-RPC socket (0700)
     <run_dir>/supervisord.conf     rendered by `up` from the settings
     <run_dir>/supervisord.pid
-    <run_dir>/control.sock         the gateway's control channel (0600)
+    <run_dir>/control_I.sock       gateway process I's control channel (0600)
+    <run_dir>/listener.sock        where `up` hands the public listening socket to each
+                                   gateway process (0600, SCM_RIGHTS)
+    <run_dir>/metrics/             the gateway processes' Prometheus counters
+                                   (prometheus_client multiprocess mode; cleared by `up`)
     <run_dir>/secret               the per-`up` secret (0600, one line)
     <run_dir>/primary_model        the model `sentiguard reload` moved the workers to
     <run_dir>/reload.lock          held while a reload runs
@@ -47,7 +51,24 @@ class RunDir:
 
     @property
     def control_socket(self) -> Path:
-        return self.root / "control.sock"
+        """Gateway process 0's control socket (a gateway run alone is process 0)."""
+        return self.control_socket_for(0)
+
+    def control_socket_for(self, index: int) -> Path:
+        """Gateway process `index`'s control socket: `control_<index>.sock`."""
+        return self.root / f"control_{index}.sock"
+
+    def control_sockets(self, processes: int) -> list[Path]:
+        """The control sockets of gateway processes 0 .. processes - 1."""
+        return [self.control_socket_for(i) for i in range(processes)]
+
+    @property
+    def listener_socket(self) -> Path:
+        return self.root / "listener.sock"
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.root / "metrics"
 
     @property
     def secret(self) -> Path:
@@ -74,7 +95,7 @@ class RunDir:
         return self.logs / "watchdog.jsonl"
 
     def log(self, name: str) -> Path:
-        """A program's log file, e.g. `log("gateway")` -> <log_dir>/gateway.log."""
+        """A program's log file, e.g. `log("gateway_0")` -> <log_dir>/gateway_0.log."""
         return self.logs / f"{name}.log"
 
 

@@ -279,7 +279,7 @@ def reload(settings: Settings, model: str | None = None) -> int:
     with open(os.devnull, "w", encoding="utf-8") as quiet:
         try:
             # Decisions go to the watchdog's log; the terminal gets the progress lines.
-            log = EventLog(stream=quiet, path=RunDir(settings).watchdog_log)
+            log = EventLog.rotating(RunDir(settings).watchdog_log, settings, stream=quiet)
             job = Reload(settings, target, log)
             return job.run()
         except SupervisorUnavailable as e:

@@ -1,12 +1,24 @@
 """`sentiguard up` and `down`: start the service in the foreground, stop it from elsewhere.
 
 `up` checks that nothing else holds the ports or the run directory, writes a fresh control
-secret and `<run_dir>/supervisord.conf`, then runs the real supervisord as its child in the
-foreground, and records where it serves in `<run_dir>/service.json` (`runtime.locate`) until
-it stops. `up` is a small process of its own (the gunicorn arbiter pattern): signal
-handlers only set a flag; the loop forwards one SIGTERM to supervisord and, when the graceful
-timeout passes, kills what is left. It is a Linux child subreaper, so a program orphaned by
-a supervisord that died reparents to `up` and is killed with the rest: no orphans.
+secret and `<run_dir>/supervisord.conf`, binds the public listening socket and holds it for
+its whole life (`runtime.listener`: each gateway process gets it over
+`<run_dir>/listener.sock`, so the socket and its backlog outlive any gateway process), then
+runs the real supervisord as its child in the foreground, and records where it serves in
+`<run_dir>/service.json` (`runtime.locate`) until it stops. `up` is a small process of its
+own (the gunicorn arbiter pattern): signal handlers only set a flag; the loop does the rest.
+
+The stop (a signal to `up`, or `sentiguard down`, which sends `up` SIGTERM): close the
+listener everywhere first (new connections are refused; the gateway processes drain what
+they accepted), then one SIGTERM to supervisord, which stops the watchdog, the workers and
+the gateway processes in turn; when the graceful timeout passes, kill what is left. `up` is
+a Linux child subreaper, so a program orphaned by a supervisord that died reparents to `up`
+and is killed with the rest: no orphans.
+
+Escalation (`runtime.escalation`): a gateway process or the watchdog that supervisord gives
+up on (FATAL), or that keeps crashing, makes `up` stop everything the same way and exit with
+`ExitCode.PROGRAM_FATAL` (69), naming the program and its last log lines, so the service
+manager restarts the whole service. Primary workers never do: they are the watchdog's.
 """
 
 from __future__ import annotations
@@ -14,7 +26,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,9 +40,10 @@ import psutil
 
 from sentiguard.errors import ExitCode, ServiceError
 from sentiguard.logs import format_event
-from sentiguard.runtime import control
+from sentiguard.runtime import control, listener
 from sentiguard.runtime import supervisord as sv
 from sentiguard.runtime.endpoints import WORKER_HOST, gateway_get_json, gateway_url, workers
+from sentiguard.runtime.escalation import Escalation, Verdict
 from sentiguard.runtime.locate import announce, remove_record, write_record
 from sentiguard.runtime.memory import kill_tree
 from sentiguard.runtime.net import describe_holder, port_free, unix_socket_live
@@ -55,8 +70,9 @@ def preflight(settings: Settings) -> None:
             f"{sock}). Hint: stop it with `sentiguard down`, see it with `sentiguard status`, "
             f"or start this one with another service.run_dir."
         )
-    # Left behind by a supervisord or gateway that was killed: nobody answers on them.
-    for stale in (sock, RunDir(settings).control_socket):
+    # Left behind by a supervisord, gateway or `up` that was killed: nobody answers on them.
+    here = RunDir(settings)
+    for stale in (sock, here.listener_socket, *here.control_sockets(settings.gateway.processes)):
         if stale.exists() and not unix_socket_live(stale):
             stale.unlink()
     host, port = settings.gateway.host, settings.gateway.port
@@ -109,6 +125,9 @@ class Runner:
         self.graceful_s = float(settings.service.graceful_timeout_s)
         self.stop_signal: int | None = None
         self.proc: subprocess.Popen[bytes] | None = None
+        self.listeners: list[socket.socket] = []
+        self.escalation = Escalation(settings)
+        self.verdict: Verdict | None = None
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         # Only a flag: the loop forwards it and logs, outside the signal handler.
@@ -120,7 +139,16 @@ class Runner:
             s: signal.signal(s, self.on_signal)
             for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         }
+        handoff: listener.Handoff | None = None
         try:
+            try:
+                self.listeners = listener.bind_public(self.settings)
+            except OSError as e:
+                g = self.settings.gateway
+                _say("listen_failed", host=g.host, port=g.port, reason=str(e), fix=_PORT_FIX)
+                return ExitCode.ERROR
+            handoff = listener.Handoff(self.settings, self.listeners, _say)
+            handoff.start()
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)]
             )
@@ -128,8 +156,20 @@ class Runner:
             return self._loop(self.proc)
         finally:
             remove_record(self.settings)
+            if handoff is not None:
+                handoff.stop()
+            for sock in self.listeners:
+                sock.close()
             for s, handler in previous.items():
                 signal.signal(s, handler)
+
+    def _begin_stop(self, proc: subprocess.Popen[bytes]) -> float:
+        """Close the listener for every gateway process, then SIGTERM supervisord; returns
+        the deadline after which everything left is killed."""
+        listener.close_everywhere(self.listeners)
+        _say("listener_closed", action="refuse new connections; gateways drain")
+        proc.send_signal(signal.SIGTERM)
+        return time.monotonic() + self.graceful_s
 
     def _loop(self, proc: subprocess.Popen[bytes]) -> int:
         deadline: float | None = None
@@ -146,16 +186,22 @@ class Runner:
                     signal=signal.Signals(self.stop_signal).name,
                     graceful_timeout_s=self.graceful_s,
                 )
-                deadline = time.monotonic() + self.graceful_s
-                proc.send_signal(signal.SIGTERM)
+                deadline = self._begin_stop(proc)
             elif deadline is not None and time.monotonic() > deadline:
                 _say("stop_timeout", action="kill", graceful_timeout_s=self.graceful_s)
                 kill_tree(proc.pid)
                 code = proc.wait()
                 break
-            if not announced and deadline is None:
-                announced = self._announce_ready()
+            if deadline is None:
+                announced = announced or self._announce_ready()
+                self.verdict = self.escalation.check()
+                if self.verdict is not None:
+                    self._escalate(self.verdict)
+                    deadline = self._begin_stop(proc)
         self._reap_orphans(deadline)
+        if self.verdict is not None:
+            _say("stopped", exit_code=int(ExitCode.PROGRAM_FATAL), cause=self.verdict.reason)
+            return ExitCode.PROGRAM_FATAL
         if self.stop_signal is not None or code == 0:
             _say("stopped", exit_code=code)
             return ExitCode.OK
@@ -165,6 +211,21 @@ class Runner:
             fix=f"read {RunDir(self.settings).log('supervisord')}",
         )
         return ExitCode.ERROR
+
+    def _escalate(self, verdict: Verdict) -> None:
+        _say(
+            "escalate",
+            program=verdict.program,
+            state=verdict.state,
+            reason=verdict.reason,
+            exitstatus=verdict.exitstatus,
+            log=verdict.log,
+            log_tail=verdict.tail,
+            action=f"stop everything, exit {int(ExitCode.PROGRAM_FATAL)} (the service "
+            f"manager restarts the whole service)",
+            fix=f"read {verdict.log or RunDir(self.settings).logs} for why {verdict.program} "
+            f"cannot run; `sentiguard doctor` checks models, ports and settings",
+        )
 
     def _announce_ready(self) -> bool:
         try:
@@ -189,6 +250,12 @@ class Runner:
         _kill(alive)
 
 
+_PORT_FIX = (
+    "stop the process holding it, or choose another port with `sentiguard up --port P` "
+    "(or SENTIGUARD_GATEWAY_PORT)"
+)
+
+
 def _signal_group(pid: int, signum: int) -> None:
     # Every program leads its own process group; signal the group, then the pid.
     for send in (lambda: os.killpg(pid, signum), lambda: os.kill(pid, signum)):
@@ -201,6 +268,15 @@ def _kill(processes: Iterable[psutil.Process]) -> None:
     for p in procs:
         _signal_group(p.pid, signal.SIGKILL)
     psutil.wait_procs(procs, timeout=5)
+
+
+def _gone(p: psutil.Process) -> bool:
+    """Exited: no such process, or a zombie its parent has not reaped yet (`up`'s parent
+    is the shell or service manager, not us)."""
+    try:
+        return bool(p.status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
 
 
 def up(settings: Settings) -> int:
@@ -218,6 +294,10 @@ def up(settings: Settings) -> int:
     # configured one again; a reload cut short by the last stop leaves nothing behind.
     for leftover in (RunDir(settings).reload_model, RunDir(settings).reload_lock):
         leftover.unlink(missing_ok=True)
+    # The gateway processes' counters start from zero with each `up`.
+    metrics = RunDir(settings).metrics_dir
+    shutil.rmtree(metrics, ignore_errors=True)
+    metrics.mkdir(mode=0o700)
     control.new_secret(settings)
     write_private(RunDir(settings).supervisord_conf, sv.render_supervisord_conf(settings))
     _become_subreaper()
@@ -225,6 +305,7 @@ def up(settings: Settings) -> int:
         "starting",
         url=gateway_url(settings, "/"),
         workers=settings.primary.workers,
+        gateway_processes=settings.gateway.processes,
         config=str(RunDir(settings).supervisord_conf),
         logs=str(logs),
         stop="Ctrl-C or `sentiguard down`",
@@ -244,14 +325,21 @@ def not_running(settings: Settings) -> str:
 
 
 def down(settings: Settings) -> int:
-    """Ask supervisord to shut down over its socket and wait until every program and the
-    `up` that ran it are gone."""
+    """Stop the service and wait until every program and the `up` that ran it are gone.
+
+    The stop goes through `up` (SIGTERM, like Ctrl-C or systemd), which closes the public
+    listener for every gateway process before it stops supervisord; without a live `up`
+    (killed), supervisord is asked to shut down over its socket.
+    """
     target = announce(settings)
     proxy = sv.rpc(settings)
     try:
         pid = int(proxy.supervisor.getPID())
         pids = [int(i["pid"]) for i in proxy.supervisor.getAllProcessInfo() if i["pid"]]
-        proxy.supervisor.shutdown()
+        if target.record is not None and target.record.supervisord_pid == pid:
+            os.kill(target.record.pid, signal.SIGTERM)
+        else:
+            proxy.supervisor.shutdown()
     except OSError:
         print(f"sentiguard: {not_running(settings)}", file=sys.stderr)
         return ExitCode.ERROR
@@ -264,7 +352,10 @@ def down(settings: Settings) -> int:
     # supervisord stops each group within its stopwaitsecs; give it the graceful timeout
     # plus a margin, then kill what is left so `down` never leaves orphans behind.
     timeout = float(settings.service.graceful_timeout_s) + 2.0
-    _, alive = psutil.wait_procs(watched, timeout=timeout)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and not all(_gone(p) for p in watched):
+        time.sleep(0.1)
+    alive = [p for p in watched if not _gone(p)]
     # `up` exits by itself once supervisord has; it is waited for, never killed.
     alive = [p for p in alive if p.pid not in up_pid]
     if alive:

@@ -95,22 +95,24 @@ def _uptime(pid: Any) -> float | None:
 def process_rows(
     status: dict[str, Any], restarts: dict[str, int] | None = None
 ) -> list[dict[str, Any]]:
-    """The gateway process(es) and the watchdog: name, pid, uptime_s, restarts.
+    """The gateway processes and the watchdog: name, pid, uptime_s, restarts.
 
-    The gateway reports itself in `gateways`; the watchdog's pid is in its report and its
-    uptime is read from this host. `restarts` (supervisord's counts, `sv.restarts`) fills
-    what the body does not say.
+    Every gateway process is in `gateways` (`gateway_I`; one that did not answer the process
+    that built the body has no pid); the watchdog's pid is in its report and its uptime is
+    read from this host. `restarts` (supervisord's counts, `sv.restarts`) fills what the
+    body does not say.
     """
     restarts = restarts or {}
     rows = []
     for i, g in enumerate(status.get("gateways") or []):
+        name = str(g.get("name") or f"gateway_{i}")
         count = g.get("restarts")
         rows.append(
             {
-                "name": "gateway" if i == 0 else f"gateway_{i}",
+                "name": name,
                 "pid": g.get("pid"),
                 "uptime_s": g.get("uptime_s"),
-                "restarts": count if count is not None else restarts.get("gateway"),
+                "restarts": count if count is not None else restarts.get(name),
             }
         )
     pid = (status.get("watchdog") or {}).get("pid")
@@ -212,7 +214,8 @@ def status(settings: Settings, as_json: bool = False, url: str | None = None) ->
             return _fail(target, as_json, "not_running", not_running(settings))
         message = (
             f"supervisord is running but the gateway does not answer on {where} ({e}). "
-            f"Hint: read {RunDir(settings).log('gateway')}. Programs:\n  " + "\n  ".join(states)
+            f"Hint: read {RunDir(settings).log('gateway_0')} (one log per gateway process). "
+            f"Programs:\n  " + "\n  ".join(states)
         )
         return _fail(target, as_json, "gateway_unreachable", message, programs=states)
     if code != 200 or not isinstance(body, dict):

@@ -8,16 +8,23 @@
   it asks for the per-`up` credentials (`control.supervisor_credentials`), and the
   `[supervisorctl]` section carries them, so `supervisorctl -c <run_dir>/supervisord.conf`
   works as usual;
-- programs `gateway`, `primary` (numprocs = primary.workers, process names `primary_I`) and
-  `watchdog`, each started as `<this python> -m <module>` so the pid supervisord reports is
-  the serving process itself, with the resolved settings as `SENTIGUARD_*` variables so
-  every child resolves the same values whatever its own environment says;
+- programs `gateway` (numprocs = gateway.processes, process names `gateway_I`, each
+  accepting on the socket `up` holds: `runtime.listener`), `primary` (numprocs =
+  primary.workers, process names `primary_I`) and `watchdog`, each started as
+  `<this python> -m <module>` so the pid supervisord reports is the serving process
+  itself, with the resolved settings as `SENTIGUARD_*` variables so every child resolves
+  the same values whatever its own environment says; the gateway processes also get
+  `PROMETHEUS_MULTIPROC_DIR` (`<run_dir>/metrics`), where their counters add up;
 - the workers run with `autorestart = false` and `startsecs = 0`: the watchdog owns their
   restarts (backoff, parking), and must see every exit and its code, including a fast exit
   with `ExitCode.MODEL_LOAD_ERROR` that supervisord would otherwise retry on its own;
-- on shutdown supervisord stops one group at a time (watchdog, then workers, then gateway),
-  each waiting at most `stopwaitsecs` before SIGKILL to the process group, so the sum stays
-  under `service.graceful_timeout_s`.
+- the gateway and the watchdog restart by themselves (`autorestart`), up to
+  `START_RETRIES` failed starts in a row; then supervisord marks them FATAL and `up`
+  escalates (`runtime.escalation`);
+- on shutdown supervisord stops one group at a time (watchdog, then workers, then the
+  gateway processes, all of a group at once), each waiting at most `stopwaitsecs` before
+  SIGKILL to the process group, so the sum stays under `service.graceful_timeout_s`; a
+  gateway process drains for at most `gateway_drain_s`, inside its `stopwaitsecs`.
 
 `rpc(settings)` is an XML-RPC proxy over that socket with a timeout (supervisor's own
 transport has none, and a call must not hang `sentiguard down` or the watchdog), sending
@@ -46,6 +53,12 @@ from sentiguard.settings import ROOT, Settings
 # first and cannot restart a worker that shutdown just stopped, and the gateway stops last.
 PRIORITY = {"gateway": 100, "primary": 200, "watchdog": 300}
 PROGRAMS = tuple(PRIORITY)
+# Failed starts in a row (exits within `startsecs`) before supervisord gives a gateway or
+# watchdog up as FATAL, with its own backoff of 1, 2, 3 ... s between them.
+START_RETRIES = 5
+# What a gateway process keeps of its stopwaitsecs for exiting after its drain.
+EXIT_MARGIN_S = 0.5
+PROMETHEUS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def stop_wait_s(settings: Settings) -> int:
@@ -55,6 +68,17 @@ def stop_wait_s(settings: Settings) -> int:
     timeout that `up` enforces as a hard deadline.
     """
     return max(1, (settings.service.graceful_timeout_s - 1) // len(PROGRAMS))
+
+
+def gateway_drain_s(settings: Settings) -> float:
+    """Longest a gateway process drains after its SIGTERM: inside its stopwaitsecs, with
+    `EXIT_MARGIN_S` left to exit, so supervisord never has to SIGKILL a draining gateway."""
+    return max(0.5, stop_wait_s(settings) - EXIT_MARGIN_S)
+
+
+def gateway_process_name(index: int) -> str:
+    """supervisord's name of gateway process `index` (group `gateway`)."""
+    return f"gateway_{index}"
 
 
 def _ini_value(text: str) -> str:
@@ -89,8 +113,8 @@ def _env_value(name: str, value: str) -> str:
     return quote + _ini_value(value) + quote
 
 
-def _environment(settings: Settings) -> str:
-    env = {"PYTHONUNBUFFERED": "1", **settings.as_env()}
+def _environment(settings: Settings, **extra: str) -> str:
+    env = {"PYTHONUNBUFFERED": "1", **settings.as_env(), **extra}
     return ",".join(f"{k}={_env_value(k, v)}" for k, v in sorted(env.items()))
 
 
@@ -110,7 +134,9 @@ def render_supervisord_conf(settings: Settings) -> str:
     # supervisord keeps only a hash; supervisorctl needs the password itself.
     password_sha = "{SHA}" + hashlib.sha1(password.encode()).hexdigest()
 
-    def program(name: str, command: str, log_name: str, **extra: Any) -> list[str]:
+    def program(
+        name: str, command: str, log_name: str, env: str = environment, **extra: Any
+    ) -> list[str]:
         lines = [
             f"[program:{name}]",
             f"command = {command}",
@@ -128,7 +154,7 @@ def render_supervisord_conf(settings: Settings) -> str:
             f"stdout_logfile = {_ini_value(str(logs))}/{log_name}",
             f"stdout_logfile_maxbytes = {log_bytes}",
             f"stdout_logfile_backups = {backups}",
-            f"environment = {environment}",
+            f"environment = {env}",
         ]
         lines += [f"{k} = {v}" for k, v in extra.items()]
         return [*lines, ""]
@@ -162,13 +188,21 @@ def render_supervisord_conf(settings: Settings) -> str:
         f"password = {password}",
         "",
     ]
+    metrics_dir = str(RunDir(settings).metrics_dir)
     lines += program(
         "gateway",
-        _command("sentiguard.gateway"),
-        "gateway.log",
+        # %(process_num)d is expanded by supervisord, so it must not be escaped.
+        _command("sentiguard.gateway", "--index", "PROCESS_NUM").replace(
+            "PROCESS_NUM", "%(process_num)d"
+        ),
+        "%(program_name)s_%(process_num)d.log",
+        env=_environment(settings, **{PROMETHEUS_ENV: metrics_dir}),
+        numprocs=settings.gateway.processes,
+        numprocs_start=0,
+        process_name="%(program_name)s_%(process_num)d",
         autorestart="true",
         startsecs=1,
-        startretries=5,
+        startretries=START_RETRIES,
     )
     lines += program(
         "primary",
@@ -190,7 +224,7 @@ def render_supervisord_conf(settings: Settings) -> str:
         "watchdog.log",
         autorestart="true",
         startsecs=1,
-        startretries=5,
+        startretries=START_RETRIES,
     )
     return "\n".join(lines)
 
@@ -254,7 +288,7 @@ _SPAWNED = re.compile(r"spawned: '([^']+)' with pid (\d+)")
 
 def restarts(settings: Settings, tail_bytes: int = 1 << 20) -> dict[str, int]:
     """How often supervisord restarted each program since it last started, from its log
-    (`{"gateway": 0, "watchdog": 1, "primary_0": 3}`); empty when there is no log.
+    (`{"gateway_0": 0, "watchdog": 1, "primary_0": 3}`); empty when there is no log.
 
     Counts `spawned:` lines after the last `supervisord started` line, minus the first
     start. Best effort: after the log rotates mid-run, older restarts are not counted.

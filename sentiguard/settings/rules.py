@@ -60,6 +60,14 @@ def problems(settings: Settings) -> list[Problem]:
             f"overload would queue instead of being shed",
             f"set gateway.threads above {capacity}",
         )
+    if gateway.processes > gateway.max_in_flight_per_worker:
+        warn(
+            f"gateway.processes {gateway.processes} > gateway.max_in_flight_per_worker "
+            f"{gateway.max_in_flight_per_worker}: every gateway process sends a worker at "
+            f"least one request, so a worker may get {gateway.processes} at once",
+            "raise max_in_flight_per_worker to at least gateway.processes, or run fewer "
+            "gateway processes",
+        )
     if watchdog.memory_critical_mb <= watchdog.memory_limit_mb:
         fail(
             "watchdog.memory_critical_mb is not above watchdog.memory_limit_mb",

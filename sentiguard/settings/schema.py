@@ -73,10 +73,19 @@ class Gateway:
         "Public HTTP port of the gateway.",
         tcp_port,
     )
+    processes: int = setting(
+        2,
+        "Gateway processes accepting on the one public socket, which `sentiguard up` "
+        "holds for the service's whole life: a crashed process loses only the requests "
+        "in flight on it while the others answer, and connections wait in the socket's "
+        "backlog while none runs. Each has its own fallback and its share of "
+        "max_in_flight_per_worker.",
+        positive,
+    )
     threads: int = setting(
         96,
-        "Request threads of the gateway's WSGI server. Must exceed the primary and "
-        "fallback capacities together so shedding, not queueing, handles overload.",
+        "Request threads of each gateway process's WSGI server. Must exceed the primary "
+        "and fallback capacities together so shedding, not queueing, handles overload.",
         positive,
     )
     deadline_ms: int = setting(
@@ -87,14 +96,15 @@ class Gateway:
     )
     max_in_flight_per_worker: int = setting(
         8,
-        "Requests sent to one primary worker at once; more go to another worker or, "
-        "when none has room, to the fallback (reason 'overloaded').",
+        "Requests sent to one primary worker at once, by the whole service; more go to "
+        "another worker or, when none has room, to the fallback (reason 'overloaded'). "
+        "Each gateway process gets its share (8 over 2 processes: 4 each).",
         positive,
     )
     fallback_capacity: int = setting(
         64,
-        "Requests the in-process fallback answers at once; beyond it the gateway "
-        "answers 503 with Retry-After.",
+        "Requests the in-process fallback of each gateway process answers at once; "
+        "beyond it that process answers 503 with Retry-After.",
         positive,
     )
     retry_after_s: int = setting(
@@ -120,6 +130,14 @@ class Gateway:
     max_json_depth: int = setting(
         8,
         "Deepest JSON nesting a request body may have.",
+        positive,
+    )
+    header_timeout_s: float = setting(
+        10.0,
+        "Seconds a client has to send a whole request header, from the connection's open "
+        "(for later requests on a keep-alive connection, from their first byte); slower "
+        "connections are closed, so idle or trickling ones cannot hold the gateway's "
+        "connection slots.",
         positive,
     )
     breaker_open_s: float = setting(

@@ -1,16 +1,22 @@
-"""The watchdog's side of the gateway's control socket: drain, undrain, report.
+"""The watchdog's side of the gateways' control sockets: drain, undrain, report.
 
-Contract (docs/internals.md): `PUT /control/workers/<name>` with the worker's state and a
-`drain` flag answers `{"name", "in_flight", "drain"}`; `PUT /control/watchdog` takes the
-summary. The gateway routes safely without us (its own breakers), so an unreachable
-gateway is logged once when it goes away and once when it comes back, and never stops
-the watchdog from restarting workers.
+There is one control socket per gateway process (`<run_dir>/control_I.sock`, I below
+`gateway.processes`); every report and every drain goes to each of them, since each process
+routes on its own view. Contract (docs/internals.md): `PUT /control/workers/<name>` with the
+worker's state and a `drain` flag answers `{"name", "in_flight", "drain"}`; a drain waits for
+the sum of `in_flight` over every gateway that answered; `PUT /control/watchdog` takes the
+summary. The gateways route safely without us (their own breakers), so an unreachable
+gateway process is logged once when it goes away and once when it comes back (with its name,
+`gateway_I`), and never stops the watchdog from restarting workers. A gateway process
+restarted in the middle of a drain learns it from the next report, which repeats it.
 
 A gateway that is still starting is not an outage: supervisord starts every program at
-once, and the gateway opens its control socket only after loading its fallback model. Until
-the gateway was reached once, a missing, refusing or silent socket is not logged for
+once, and a gateway opens its control socket only after loading its fallback model. Until
+a gateway process was reached once, a missing, refusing or silent socket is not logged for
 `start_grace_s` (default `watchdog.start_timeout_s`). A missing secret is logged at once
-(`up` writes it before anything starts), and so is any failure after the first contact.
+(`up` writes it before anything starts), and so is any failure after the first contact. A
+gateway that timed out is skipped for `SKIP_AFTER_TIMEOUT_S`, so one stopped process cannot
+slow every round by a timeout per request.
 """
 
 from __future__ import annotations
@@ -19,13 +25,28 @@ import http.client
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sentiguard.runtime.control import ControlClient
+from sentiguard.runtime.paths import RunDir
+from sentiguard.runtime.supervisord import gateway_process_name
 from sentiguard.settings import Settings
 
 Body = dict[str, Any]
 LogEvent = Callable[..., None]  # log(event, **fields): an EventLog, or the DecisionLog
+SKIP_AFTER_TIMEOUT_S = 2.0
+
+
+@dataclass
+class Endpoint:
+    """One gateway process's control socket and what we know of it."""
+
+    name: str
+    path: Path
+    reachable: bool | None = None  # None: not reached yet
+    skip_until: float = 0.0
 
 
 class GatewayLink:
@@ -46,59 +67,76 @@ class GatewayLink:
         self.clock = clock
         self._grace_until = clock() + grace
         self._lock = threading.Lock()
-        self._reachable: bool | None = None  # None: not reached yet
+        run = RunDir(settings)
+        self.endpoints = [
+            Endpoint(gateway_process_name(i), run.control_socket_for(i))
+            for i in range(settings.gateway.processes)
+        ]
 
-    def _starting(self) -> bool:
+    def _starting(self, endpoint: Endpoint) -> bool:
         """Never reached and still within the start grace: the gateway may be loading."""
         with self._lock:
-            return self._reachable is None and self.clock() < self._grace_until
+            return endpoint.reachable is None and self.clock() < self._grace_until
 
-    def _note(self, ok: bool, error: str | None = None) -> None:
+    def _note(self, endpoint: Endpoint, ok: bool, error: str | None = None) -> None:
         with self._lock:
-            before, self._reachable = self._reachable, ok
+            before, endpoint.reachable = endpoint.reachable, ok
         if ok and before is False:
-            self.log("gateway_reachable", action="resume reports")
+            self.log("gateway_reachable", gateway=endpoint.name, action="resume reports")
         elif not ok and before is not False:
             self.log(
                 "gateway_unreachable",
+                gateway=endpoint.name,
                 reason=error,
-                action="keep watching and restarting; drains skipped until it is back",
-                fix="check `sentiguard status` and logs/gateway.log",
+                action="keep watching and restarting; drains skip it until it is back",
+                fix=f"check `sentiguard status` and logs/{endpoint.name}.log",
             )
 
-    def request(self, method: str, path: str, body: Body) -> Any | None:
-        """One control request; None (and a once-only log line) when the gateway is away."""
+    def _one(self, endpoint: Endpoint, method: str, path: str, body: Body) -> Any | None:
+        if self.clock() < endpoint.skip_until:
+            return None
         try:
             # A fresh client each time re-reads the secret, so a new `up` is picked up.
             client = ControlClient(self.settings, timeout=self.timeout_s)
         except OSError as e:
-            self._note(False, f"{type(e).__name__}: {e}")
+            self._note(endpoint, False, f"{type(e).__name__}: {e}")
             return None
+        client.path = endpoint.path
         try:
             status, answer = client.request(method, path, body)
         except (FileNotFoundError, ConnectionRefusedError, TimeoutError) as e:
-            if not self._starting():
-                self._note(False, f"{type(e).__name__}: {e}")
+            if isinstance(e, TimeoutError):
+                endpoint.skip_until = self.clock() + SKIP_AFTER_TIMEOUT_S
+            if not self._starting(endpoint):
+                self._note(endpoint, False, f"{type(e).__name__}: {e}")
             return None
         except (OSError, http.client.HTTPException, ValueError) as e:
-            self._note(False, f"{type(e).__name__}: {e}")
+            self._note(endpoint, False, f"{type(e).__name__}: {e}")
             return None
         if status != 200:
-            self._note(False, f"{method} {path} answered {status}: {answer}")
+            self._note(endpoint, False, f"{method} {path} answered {status}: {answer}")
             return None
-        self._note(True)
+        self._note(endpoint, True)
         return answer
 
+    def request(self, method: str, path: str, body: Body) -> list[Any]:
+        """One control request to every gateway process; the answers of those that
+        answered (a once-only log line for each that is away)."""
+        answers = (self._one(e, method, path, body) for e in self.endpoints)
+        return [a for a in answers if a is not None]
+
     def put_worker(self, name: str, body: Body) -> int | None:
-        """Report one worker; returns the gateway's `in_flight` for it, or None."""
-        answer = self.request("PUT", f"/control/workers/{name}", body)
-        if not isinstance(answer, dict):
+        """Report one worker to every gateway; returns the sum of their `in_flight` for it,
+        or None when no gateway answered."""
+        answers = [a for a in self.request("PUT", f"/control/workers/{name}", body) if a]
+        if not answers:
             return None
-        in_flight = answer.get("in_flight")
-        return in_flight if isinstance(in_flight, int) else 0
+        counts = [a.get("in_flight") if isinstance(a, dict) else 0 for a in answers]
+        return sum(n for n in counts if isinstance(n, int))
 
     def put_watchdog(self, body: Body) -> bool:
-        return self.request("PUT", "/control/watchdog", body) is not None
+        """The summary to every gateway; True when at least one took it."""
+        return bool(self.request("PUT", "/control/watchdog", body))
 
     def drain_and_wait(
         self,
@@ -108,11 +146,13 @@ class GatewayLink:
         stop: threading.Event,
         poll_s: float = 0.1,
     ) -> tuple[int | None, float]:
-        """Drain `name` and wait until its in-flight requests finish or `timeout_s` passes.
+        """Drain `name` at every gateway and wait until its in-flight requests (summed over
+        them) finish or `timeout_s` passes.
 
         `body()` builds the report (with `"drain": true`); it is re-sent on every poll, so a
-        report racing it from another process cannot undrain the worker for long.
-        Returns (in_flight at the end or None if the gateway is away, seconds waited).
+        report racing it from another process cannot undrain the worker for long, and a
+        gateway process that restarts meanwhile learns of the drain.
+        Returns (in_flight at the end or None if no gateway answered, seconds waited).
         """
         started = time.monotonic()
         deadline = started + timeout_s

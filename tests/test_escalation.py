@@ -1,0 +1,162 @@
+"""Escalation (issue 11, item 5): a gateway process or the watchdog that supervisord cannot
+keep running makes `up` stop everything and exit `ExitCode.PROGRAM_FATAL` (69) naming the
+program and its last log lines, so systemd, Docker or Kubernetes restart the whole service.
+Primary workers never do: a worker that cannot start is the watchdog's to park.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from sentiguard.chaos.client import wait_until
+from sentiguard.chaos.service import start_service
+from sentiguard.errors import ExitCode
+from sentiguard.runtime import escalation
+from sentiguard.runtime.escalation import CRASH_LOOP_STARTS, StartHistory, decide
+from sentiguard.settings import ROOT
+
+
+def info(group: str, name: str, state: str = "RUNNING", start: float = 1000.0, **kw: Any) -> Any:
+    return {
+        "group": group,
+        "name": name,
+        "statename": state,
+        "start": start,
+        "exitstatus": kw.get("exitstatus", 0),
+        "spawnerr": kw.get("spawnerr", ""),
+        "stdout_logfile": kw.get("stdout_logfile", ""),
+    }
+
+
+def test_a_fatal_gateway_or_watchdog_is_escalated_with_its_last_log_lines(tmp_path: Path) -> None:
+    log = tmp_path / "gateway_1.log"
+    log.write_text("".join(f"line {i}\n" for i in range(40)) + '{"event":"fallback_load_failed"}\n')
+    for group, name in (("gateway", "gateway_1"), ("watchdog", "watchdog")):
+        infos = [
+            info("gateway", "gateway_0"),
+            info(group, name, "FATAL", exitstatus=4, stdout_logfile=str(log)),
+        ]
+        verdict = decide(infos, StartHistory(), now=1001.0)
+        assert verdict is not None
+        assert (verdict.program, verdict.state, verdict.exitstatus) == (name, "FATAL", 4)
+        assert "FATAL" in verdict.reason and name in verdict.reason
+        assert verdict.tail[-1] == '{"event":"fallback_load_failed"}'
+        assert len(verdict.tail) == escalation.TAIL_LINES
+
+
+def test_workers_are_never_escalated() -> None:
+    infos = [
+        info("gateway", "gateway_0"),
+        info("primary", "primary_0", "FATAL", exitstatus=4),
+        info("primary", "primary_1", "EXITED", exitstatus=4),
+        info("watchdog", "watchdog", "BACKOFF"),  # still retrying: supervisord's to decide
+    ]
+    assert decide(infos, StartHistory(), now=1001.0) is None
+    history = StartHistory()
+    for start in range(CRASH_LOOP_STARTS * 2):  # a worker restarted again and again
+        assert decide([info("primary", "primary_0", start=1000.0 + start)], history, 1010) is None
+
+
+def test_a_crash_loop_past_startsecs_is_escalated_within_its_window() -> None:
+    """A program that runs past `startsecs` and then dies is restarted by supervisord at once,
+    for ever, and never goes FATAL: `up` counts its starts."""
+    history = StartHistory(window_s=60.0)
+    now = 1000.0
+    for n in range(1, CRASH_LOOP_STARTS):
+        now += 5
+        assert decide([info("gateway", "gateway_0", start=now)], history, now) is None, n
+        assert decide([info("gateway", "gateway_0", start=now)], history, now + 1) is None
+    verdict = decide([info("gateway", "gateway_0", start=now + 5)], history, now + 5)
+    assert verdict is not None and "started 5 times" in verdict.reason
+    # Failed starts (BACKOFF, each with its own start time) are supervisord's to count.
+    backoff = StartHistory(window_s=60.0)
+    for n in range(CRASH_LOOP_STARTS * 2):
+        assert decide([info("gateway", "gateway_0", "BACKOFF", 1000.0 + n)], backoff, 1020) is None
+    # Starts spread wider than the window are a process that recovers in between.
+    slow = StartHistory(window_s=60.0)
+    for n in range(CRASH_LOOP_STARTS * 2):
+        at = 1000.0 + 30 * n
+        assert decide([info("watchdog", "watchdog", start=at)], slow, at) is None
+
+
+def test_readme_and_unit_document_the_exit_code() -> None:
+    code = str(int(ExitCode.PROGRAM_FATAL))
+    readme = (ROOT / "README.md").read_text()
+    assert f"`{code}`" in readme and "gateway.processes" in readme
+    unit = (ROOT / "deploy" / "sentiguard.service").read_text()
+    assert "Restart=on-failure" in unit and code in unit
+
+
+def up_events(output: Path) -> list[dict[str, Any]]:
+    events = []
+    for line in output.read_text(errors="replace").splitlines():
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and "event" in doc:
+            events.append(doc)
+    return events
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_gateway_that_cannot_start_stops_up_with_program_fatal(tmp_path: Path) -> None:
+    """The gateway's fallback model is missing: each gateway process exits 4 at once,
+    supervisord retries with backoff, gives up (FATAL), and `up` escalates."""
+    svc = start_service(
+        tmp_path,
+        workers=1,
+        faults=False,
+        overrides={"fallback.model": str(tmp_path / "no-such-model")},
+        wait=False,
+    )
+    try:
+        # supervisord's own backoff: 1 + 2 + ... + START_RETRIES s, plus the stop.
+        wait_until(lambda: svc.proc.poll() is not None, 180, "`up` to give up", 0.5)
+        tree = svc.tree()
+        assert svc.proc.returncode == ExitCode.PROGRAM_FATAL, svc.diagnostics()
+        events = {e["event"]: e for e in up_events(svc.output)}
+        escalated = events["escalate"]
+        assert escalated["program"].startswith("gateway_") and escalated["state"] == "FATAL"
+        assert any("fallback_load_failed" in line for line in escalated["log_tail"]), escalated
+        assert "sentiguard doctor" in escalated["fix"]
+        assert events["stopped"]["exit_code"] == ExitCode.PROGRAM_FATAL
+        assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    finally:
+        svc.stop()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_worker_that_cannot_start_never_stops_the_service(tmp_path: Path) -> None:
+    svc = start_service(
+        tmp_path,
+        workers=1,
+        faults=False,
+        overrides={"primary.model": str(tmp_path / "no-such-model")},
+        wait=False,
+    )
+    try:
+        wait_until(
+            lambda: svc.status()["workers"][0]["state"] == "parked",
+            300,
+            "the worker parked by the watchdog",
+            0.5,
+        )
+        # Longer than `up`'s check interval: still running, still answering.
+        wait_until(
+            lambda: svc.analyze("很好").status == 200 and svc.proc.poll() is None,
+            10,
+            "a fallback answer",
+        )
+        events = [e["event"] for e in up_events(svc.output)]
+        assert "escalate" not in events
+        assert svc.proc.poll() is None
+    finally:
+        svc.stop()
