@@ -5,7 +5,11 @@ from __future__ import annotations
 import random
 import time
 
-from sentiguard.validation import json_depth
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sentiguard.errors import HTTPError
+from sentiguard.validation import Limits, json_depth, parse_analyze
 
 
 def reference_depth(text: str) -> int:
@@ -66,3 +70,27 @@ def test_hostile_bodies_cost_what_a_benign_body_of_their_size_costs() -> None:
     for body in hostile:
         ratio = best_of_three(body) / max(baseline, 1e-4)
         assert ratio < 100, f"{body[:20]!r}...: {ratio:.0f}x a benign body of its size"
+
+
+# Hypothesis (in the dev lock through schemathesis) searches the same space with shrinking:
+# derandomized, so a run is the same run every time.
+JSONISH = st.text(alphabet=st.sampled_from(list('"\\[]{}a,: 好\x00\ud800')), max_size=80)
+
+
+@settings(derandomize=True, max_examples=400, deadline=None, database=None)
+@given(JSONISH)
+def test_depth_agrees_with_the_reference_on_any_text(text: str) -> None:
+    assert json_depth(text) == reference_depth(text)
+
+
+@settings(derandomize=True, max_examples=400, deadline=None, database=None)
+@given(st.one_of(JSONISH, st.binary(max_size=80)))
+def test_any_body_is_a_list_of_texts_or_one_4xx_never_a_crash(body: str | bytes) -> None:
+    data = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
+    limits = Limits(max_body_bytes=4000, max_json_depth=4, max_texts=3, max_text_chars=50)
+    try:
+        parsed = parse_analyze(data, limits)
+    except HTTPError as e:
+        assert 400 <= e.status < 500 and e.code and e.message
+    else:
+        assert parsed.texts and all(isinstance(t, str) and t.strip() for t in parsed.texts)
