@@ -63,21 +63,37 @@ class Setting:
     def env(self) -> str:
         return env_name(self.section, self.key)
 
+    @property
+    def kind(self) -> type:
+        """The number type of an `int | str` setting (a number or a word such as "auto")."""
+        args = typing.get_args(self.type)
+        return next((a for a in args if a is not str), str) if args else self.type
+
+    @property
+    def type_name(self) -> str:
+        if typing.get_args(self.type):
+            return f'{self.kind.__name__} or "{self.default}"'
+        return self.type.__name__
+
     def coerce(self, raw: Any, source: str) -> Any:
-        """Turn a TOML or environment value into this setting's type, or fail with a hint."""
+        """Turn a TOML or environment value into this setting's type, or fail with a hint.
+
+        An `int | str` setting takes a number or one word, which its validator names."""
         value = raw
-        if isinstance(raw, str) and self.type is not str:
-            value = _parse_text(raw, self.type)
-        if self.type is float and isinstance(value, int) and not isinstance(value, bool):
+        kind = self.kind
+        if isinstance(raw, str) and kind is not str:
+            parsed = _parse_text(raw, kind)
+            value = raw.strip() if parsed is None and kind is not self.type else parsed
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if (
             value is None
             or not isinstance(value, self.type)
-            or (self.type is int and isinstance(value, bool))
+            or (kind is int and isinstance(value, bool))
         ):
             raise SettingsError(
-                f"{self.name} = {raw!r} (from {source}) is not a {self.type.__name__}. "
-                f"Hint: set it to a {self.type.__name__} like {self.default!r}, or remove it "
+                f"{self.name} = {raw!r} (from {source}) is not a {self.type_name}. "
+                f"Hint: set it to a {self.type_name} like {self.default!r}, or remove it "
                 f"to use the default."
             )
         if self.validator is not None:

@@ -68,7 +68,8 @@ def problems(settings: Settings) -> list[Problem]:
             "raise max_in_flight_per_worker to at least gateway.processes, or run fewer "
             "gateway processes",
         )
-    if watchdog.memory_critical_mb <= watchdog.memory_limit_mb:
+    limit, critical = watchdog.memory_limit_mb, watchdog.memory_critical_mb
+    if isinstance(limit, int) and isinstance(critical, int) and critical <= limit:
         fail(
             "watchdog.memory_critical_mb is not above watchdog.memory_limit_mb",
             "set memory_critical_mb higher than memory_limit_mb",

@@ -52,6 +52,12 @@ def niceness(value: Any) -> str | None:
     return None if 0 <= value <= 19 else "must be between 0 and 19"
 
 
+def mb_or_auto(value: Any) -> str | None:
+    if value == "auto" or (isinstance(value, int) and value > 0):
+        return None
+    return 'must be a number of MB greater than 0, or "auto"'
+
+
 def one_of(*choices: str) -> Validator:
     def check(value: Any) -> str | None:
         return None if value in choices else f"must be one of {', '.join(choices)}"
@@ -265,16 +271,20 @@ class Watchdog:
         "Seconds between two rounds of checks.",
         positive,
     )
-    memory_limit_mb: int = setting(
-        1200,
+    memory_limit_mb: int | str = setting(
+        "auto",
         "A worker whose process tree uses more (USS, else RSS) for memory_samples "
-        "consecutive samples is recycled.",
-        positive,
+        "consecutive samples is recycled. auto: the worker's own measure at start (ready "
+        "memory after its largest batch at the longest sequence) plus a margin, so the "
+        "limit follows the model; /status shows how it was derived. A number (MB) "
+        "overrides it.",
+        mb_or_auto,
     )
-    memory_critical_mb: int = setting(
-        2000,
-        "Above this a worker is recycled even when it is the last one ready.",
-        positive,
+    memory_critical_mb: int | str = setting(
+        "auto",
+        "Above this a worker is recycled even when it is the last one ready. auto: "
+        "1.5 x memory_limit_mb. A number (MB) overrides it.",
+        mb_or_auto,
     )
     memory_samples: int = setting(
         3,
