@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # (alert rules), a CJK font and fc-list (without one, Chinese renders as empty boxes).
 APT_PACKAGES := chromium chromium-driver prometheus fonts-noto-cjk fontconfig
 
-.PHONY: install run test check format lock bench clean
+.PHONY: install run test check format lock bench clean standin
 
 install: $(STAMP) $(FALLBACK) $(PRIMARY)
 
@@ -29,6 +29,12 @@ $(FALLBACK): | $(STAMP)
 
 $(PRIMARY): | $(STAMP)
 	$(BIN)/sentiguard train primary
+
+# The base-size stand-in primary (random StructBERT-base encoder, fitted head, ~400 MB),
+# cached outside git in $$SENTIGUARD_STANDIN_DIR or ~/.cache/sentiguard; tests marked
+# base_model build it on first use, so `make test` needs nothing more. Prints its path.
+standin: install
+	$(BIN)/sentiguard train standin
 
 run: install
 	$(BIN)/sentiguard up --port 5000

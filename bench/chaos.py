@@ -22,6 +22,12 @@ and counts refused connections and lost requests against those in flight on it;
 (sentiguard/chaos/gateways.py). `stop_under_load` stops the service, so it runs last.
 
     .venv/bin/python bench/chaos.py --only gateway_kill,stop_under_load
+
+`reload` runs `sentiguard reload` (same model) under `--reload-clients` (4) clients and
+prints answers by model/reason, failures, the fallback share, fallback answers by reload
+step and each worker's restart window (sentiguard/chaos/reloads.py).
+
+    .venv/bin/python bench/chaos.py --only reload
 """
 
 from __future__ import annotations
@@ -35,14 +41,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sentiguard.chaos import floods
+from sentiguard.chaos import capacity, floods
 from sentiguard.chaos import gateways as gateway_faults
 from sentiguard.chaos import scenarios as chaos
+from sentiguard.chaos.reloads import reload_under_load
 from sentiguard.chaos.service import ServiceHandle, start_service
 from sentiguard.chaos.timeline import Result
 from sentiguard.settings import ROOT
 
 SCENARIOS = (
+    "hold",
+    "deadline_abuse",
     "overload",
     "leak",
     "hang",
@@ -51,6 +60,7 @@ SCENARIOS = (
     "hostile_body",
     "flood",
     "gateway_kill",
+    "reload",
     "stop_under_load",
 )
 
@@ -149,7 +159,11 @@ def run(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
         try:
             for name in healing:
                 svc.wait_ready()
-                if name == "overload":
+                if name == "hold":
+                    r = capacity.hold(svc, low=4, high=args.hold_clients, seconds=args.hold_s)
+                elif name == "deadline_abuse":
+                    r = capacity.deadline_abuse(svc, seconds=args.abuse_s)
+                elif name == "overload":
                     r = chaos.overload(svc, clients=args.clients, duration_s=args.overload_s)
                 elif name == "leak":
                     r = chaos.leak(svc, index=0)
@@ -164,6 +178,8 @@ def run(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
                     )
                 elif name == "stop_under_load":
                     r = gateway_faults.stop_under_load(svc, clients=args.stop_clients)
+                elif name == "reload":
+                    r = reload_under_load(svc, clients=args.reload_clients)
                 else:
                     r = chaos.kill(svc, duration_s=args.kill_s, every_s=args.every_s)
                 results.append(report(r))
@@ -202,6 +218,7 @@ def main() -> int:
         "--gateway-kill-s", type=float, default=10.0, help="gateway_kill: load kept after the kill"
     )
     parser.add_argument("--stop-clients", type=int, default=8, help="stop_under_load clients")
+    parser.add_argument("--reload-clients", type=int, default=4, help="reload: clients")
     parser.add_argument(
         "--gateway-processes", type=int, help="gateway.processes (default: the setting's, 2)"
     )
@@ -214,6 +231,9 @@ def main() -> int:
     parser.add_argument(
         "--flood-rounds", type=int, default=5, help="new-client requests during, after"
     )
+    parser.add_argument("--hold-clients", type=int, default=16, help="hold: clients after 4")
+    parser.add_argument("--hold-s", type=float, default=40.0, help="hold: seconds at that load")
+    parser.add_argument("--abuse-s", type=float, default=20.0, help="deadline_abuse: each phase")
     parser.add_argument("--json", metavar="FILE", help="also write the summaries here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sentiguard-chaos-") as tmp:

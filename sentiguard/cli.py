@@ -57,6 +57,17 @@ def _logs(s: settings_mod.Settings, args: argparse.Namespace) -> int:
 
 
 def _train(s: settings_mod.Settings, args: argparse.Namespace) -> int:
+    if args.which == "standin":
+        from sentiguard.training.standin import train_command as build_standin
+
+        if args.data:
+            print(
+                "sentiguard: train standin takes no --data (its head is fitted on the "
+                "packaged corpus); drop --data.",
+                file=sys.stderr,
+            )
+            return ExitCode.USAGE
+        return build_standin(out=args.out)
     if args.which == "fallback":
         from sentiguard.training.fallback import train_command
 
@@ -165,11 +176,17 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         _train,
         "Train the fallback or the primary model on the packaged "
-        "corpus (deduplicated, seeded split) or on --data.",
+        "corpus (deduplicated, seeded split) or on --data; `standin` builds the base-size "
+        "stand-in primary for tests and benchmarks (cached; prints its directory).",
     )
-    p.add_argument("which", choices=["fallback", "primary"])
+    p.add_argument("which", choices=["fallback", "primary", "standin"])
     p.add_argument("--data", metavar="FILE", help="CSV/TSV with label and review|text|sentence")
-    p.add_argument("--out", metavar="DIR", help="output directory (default: the configured model)")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="output directory (default: the configured model; standin: "
+        "$SENTIGUARD_STANDIN_DIR or ~/.cache/sentiguard/structbert-base-standin-v1)",
+    )
 
     p = command("eval", _eval, "Score a model on a labelled file or on the held-out split.")
     p.add_argument("--model", choices=["fallback", "primary", "service"], required=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -40,6 +41,19 @@ def running_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servic
     yield service
     _, orphans = service.stop(signal.SIGINT, group=True)
     assert not orphans, f"processes outlived Ctrl-C of `up`: {orphans}"
+
+
+@pytest.fixture(scope="session")
+def base_model_dir() -> Path:
+    """The base-size stand-in primary (sentiguard.training.standin), built on first use.
+
+    Cached outside the repository ($SENTIGUARD_STANDIN_DIR, else ~/.cache/sentiguard/...):
+    the first session on a machine builds it (about a minute on one core), later ones
+    find it. Tests that use it are marked `base_model`.
+    """
+    from sentiguard.training import standin
+
+    return standin.ensure()
 
 
 @pytest.fixture

@@ -57,7 +57,9 @@ class FakeWorker:
 
     ok | slow (sleeps `delay_s` in /predict) | hung (sleeps `delay_s` in every route) |
     error (500) | garbage (200, wrong shape) | nan (200, NaN probabilities) |
-    drop (closes the connection, no answer) | loading (/ready 503).
+    drop (closes the connection, no answer) | loading (/ready 503) |
+    expired (504 deadline_passed, as a worker that dropped work whose time ran out).
+    `predict_headers` keeps the headers of each /predict (X-Deadline-Ms, ...).
     `refuse()` closes the port; `serve()` opens it again.
 
     `secret` (a value, or a file read at each request): it answers a challenge in /ready
@@ -78,6 +80,7 @@ class FakeWorker:
         self.secret = secret
         self.name = name
         self.ready_auth: list[str | None] = []
+        self.predict_headers: list[dict[str, str]] = []
         self.unauthorized = 0
         self.mode = "ok"
         self.delay_s = 0.0
@@ -125,6 +128,7 @@ class FakeWorker:
                     self._send(401, {"error": {"code": "unauthorized", "message": "no bearer"}})
                     return
                 with fake._lock:
+                    fake.predict_headers.append(dict(self.headers.items()))
                     fake.predicts += 1
                     fake.in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
@@ -135,6 +139,9 @@ class FakeWorker:
                         self.close_connection = True  # like a process killed mid-request
                     elif fake.mode == "error":
                         self._send(500, {"error": {"code": "boom", "message": "fake failure"}})
+                    elif fake.mode == "expired":
+                        error = {"code": "deadline_passed", "message": "the deadline passed"}
+                        self._send(504, {"error": error})
                     elif fake.mode == "garbage":
                         self._send(200, {"results": []})
                     elif fake.mode == "nan":

@@ -18,6 +18,7 @@ import pytest
 
 from sentiguard.chaos.ports import free_port
 from sentiguard.chaos.service import run_gateway
+from sentiguard.errors import SettingsError
 from sentiguard.gateway import create_app
 from sentiguard.gateway.app import gateway_of
 from sentiguard.gateway.openapi import NOT_BLANK
@@ -104,9 +105,13 @@ def test_options_answers_204_with_allow_and_no_body_even_when_keyed() -> None:
 @pytest.mark.parametrize(
     ("header", "status"),
     [
-        ("1", 200),
-        ("0005", 200),
+        ("50", 200),  # the floor, gateway.min_deadline_ms
+        ("0050", 200),
+        ("777", 200),
         ("99999999999999999999999", 200),  # above the configured deadline: capped
+        ("49", 400),  # below the floor
+        ("0005", 400),
+        ("1", 400),
         ("0", 400),
         ("000", 400),
         ("+5", 400),
@@ -125,9 +130,40 @@ def test_deadline_header_is_ascii_digits_above_zero(header: str, status: int) ->
     assert response.status_code == status, response.get_json()
     if status == 400:
         assert response.get_json()["error"]["code"] == "bad_deadline"
-    pattern = re.compile(r"^0*[1-9][0-9]*$")  # the spec's
+    spec = app.test_client().get("/openapi.json").get_json()
+    (parameter,) = [
+        p for p in spec["paths"]["/analyze"]["post"]["parameters"] if p["name"] == "X-Deadline-Ms"
+    ]
+    pattern = re.compile(parameter["schema"]["pattern"])  # the spec's
     assert bool(pattern.match(header)) == (status == 200)
     gateway_of(app).close()
+
+
+def test_deadline_below_the_floor_names_the_floor_and_the_spec_states_the_bounds() -> None:
+    overrides = {"gateway.min_deadline_ms": 120, "gateway.deadline_ms": 900}
+    settings = make_settings(**{"primary.base_port": free_port(), **overrides})
+    app = create_app(settings, fallback=FakeFallback(), log=ListLog(), start_poller=False)
+    client = app.test_client()
+    response = client.post("/analyze", json={"text": "好"}, headers={"X-Deadline-Ms": "119"})
+    assert response.status_code == 400
+    message = response.get_json()["error"]["message"]
+    assert "X-Deadline-Ms" in message and "120" in message and "min_deadline_ms" in message
+    headers = {"X-Deadline-Ms": "120"}
+    assert client.post("/analyze", json={"text": "好"}, headers=headers).status_code == 200
+    spec = client.get("/openapi.json").get_json()
+    (parameter,) = [
+        p for p in spec["paths"]["/analyze"]["post"]["parameters"] if p["name"] == "X-Deadline-Ms"
+    ]
+    schema = parameter["schema"]
+    assert (schema["x-minimum"], schema["x-maximum"]) == (120, 900)
+    pattern = re.compile(schema["pattern"])
+    assert [n for n in range(2000) if bool(pattern.match(str(n))) != (n >= 120)] == []
+    gateway_of(app).close()
+
+
+def test_a_floor_above_the_deadline_is_refused_at_load() -> None:
+    with pytest.raises(SettingsError, match="min_deadline_ms"):
+        make_settings(**{"gateway.min_deadline_ms": 2000, "gateway.deadline_ms": 1500})
 
 
 def test_spec_documents_401_only_when_a_key_is_configured() -> None:

@@ -51,6 +51,7 @@ from sentiguard.doctor.resources import (
     check_writable,
     memory_budget_mb,
     service_rss_mb,
+    worker_limit_mb,
 )
 from sentiguard.runtime.paths import RunDir
 from sentiguard.settings import ROOT
@@ -485,11 +486,12 @@ def test_hub_id_is_a_warning_not_a_failure(tmp_path: Path) -> None:
 def test_memory_budget_is_workers_times_limit_plus_the_rest() -> None:
     s = settings_mod.load(environ={"SENTIGUARD_PRIMARY_WORKERS": "3"})
     # 400 MB for each of the 2 gateway processes, 100 for supervisord and the watchdog.
-    assert memory_budget_mb(s) == 3 * s.watchdog.memory_limit_mb + 2 * 400 + 100
+    assert memory_budget_mb(s) == 3 * worker_limit_mb(s)[0] + 2 * 400 + 100
 
 
 def test_too_little_memory_fails_and_says_how_many_workers_fit() -> None:
-    s = settings_mod.load(environ={})  # 2 workers x 1200 MB + 2 x 400 + 100 = 3300 MB
+    # 2 workers x 1200 MB + 2 x 400 + 100 = 3300 MB
+    s = settings_mod.load(environ={"SENTIGUARD_WATCHDOG_MEMORY_LIMIT_MB": "1200"})
     failed = check_memory(s, available_mb=2400)
     assert failed.status is Status.FAIL and "primary.workers = 1" in failed.fix
     assert check_memory(s, available_mb=3500).status is Status.WARN

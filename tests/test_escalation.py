@@ -123,7 +123,10 @@ def test_a_gateway_that_cannot_start_stops_up_with_program_fatal(tmp_path: Path)
         assert svc.proc.returncode == ExitCode.PROGRAM_FATAL, svc.diagnostics()
         events = {e["event"]: e for e in up_events(svc.output)}
         escalated = events["escalate"]
-        assert escalated["program"].startswith("gateway_") and escalated["state"] == "FATAL"
+        assert escalated["program"].startswith("gateway_")
+        # Usually FATAL (each start fails within startsecs); on a loaded machine a failing
+        # start can outlast startsecs, count as a run, and escalate as a crash loop.
+        assert escalated["state"] == "FATAL" or "keeps dying" in escalated["reason"], escalated
         assert any("fallback_load_failed" in line for line in escalated["log_tail"]), escalated
         assert "sentiguard doctor" in escalated["fix"]
         assert events["stopped"]["exit_code"] == ExitCode.PROGRAM_FATAL

@@ -203,9 +203,10 @@ def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
     if not (EMBEDDED_MODEL / "configuration.json").exists():
         pytest.skip("the embedded model is not built yet: run `sentiguard train primary`")
     # Two batch lanes: every HTTP test below also covers batches running side by side.
-    w = start_worker(
-        tmp_path_factory.mktemp("primary-server"), env={"SENTIGUARD_PRIMARY_BATCH_LANES": "2"}
-    )
+    # float32 keeps an answer independent of its batch-mates (int8 scales per batch), which
+    # the ordering test compares to 1e-4.
+    env = {"SENTIGUARD_PRIMARY_BATCH_LANES": "2", "SENTIGUARD_PRIMARY_QUANTIZE": "none"}
+    w = start_worker(tmp_path_factory.mktemp("primary-server"), env=env)
     try:
         wait_ready(w)
         yield w

@@ -120,7 +120,10 @@ def test_every_cli_command_is_in_the_readme() -> None:
 def test_settings_that_do_not_fit_together_are_refused_at_load_as_doctor_words_them(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    env = {"SENTIGUARD_WATCHDOG_MEMORY_LIMIT_MB": "3000"}  # above memory_critical_mb 2000
+    env = {
+        "SENTIGUARD_WATCHDOG_MEMORY_LIMIT_MB": "3000",
+        "SENTIGUARD_WATCHDOG_MEMORY_CRITICAL_MB": "2000",  # below the limit
+    }
     with pytest.raises(SettingsError) as info:
         settings.load(environ=env)
     (result,) = check_settings(settings.load(environ=env, check=False))
@@ -128,7 +131,8 @@ def test_settings_that_do_not_fit_together_are_refused_at_load_as_doctor_words_t
     assert str(info.value) == f"{result.detail}. Hint: {result.fix}."
     # `up` (every command) stops on it before starting anything
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SENTIGUARD_WATCHDOG_MEMORY_LIMIT_MB", "3000")
+        for var, value in env.items():
+            mp.setenv(var, value)
         assert main(["up"]) == ExitCode.CONFIG_ERROR
     assert result.detail in capsys.readouterr().err
 

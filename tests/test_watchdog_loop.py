@@ -17,7 +17,7 @@ from sentiguard.settings import Settings
 from sentiguard.watchdog.decisions import DecisionLog
 from sentiguard.watchdog.drain import GatewayLink
 from sentiguard.watchdog.policy import START_CAP_FACTOR, Phase
-from sentiguard.watchdog.probe import ProbeResult
+from sentiguard.watchdog.probe import Kind, LiveResult
 from sentiguard.watchdog.process import Watchdog
 from sentiguard.watchdog.reports import worker_report
 from sentiguard.watchdog.supervisor_client import ProcessState
@@ -57,6 +57,7 @@ class Rig:
             gateway=self.gw,  # type: ignore[arg-type]
             sample=self.workers.sample,
             health=self.workers.health,
+            live=self.workers.live,
             ready=self.workers.ready,
             kill=self.kill,
             cpu=lambda pid: self.cpu_s(),
@@ -236,17 +237,17 @@ def test_a_hung_probe_does_not_delay_the_other_worker(rig: Rig) -> None:
     seen: dict[int, int] = {0: 0, 1: 0}
     base = rig.workers.base_port
 
-    def health(port: int, timeout_s: float) -> ProbeResult:
+    def live(port: int, timeout_s: float) -> LiveResult:
         seen[port - base] += 1
         if port == base:
             release.wait(10)  # far longer than a round: a worker that never answers
-        return ProbeResult(True, 1.0)
+        return LiveResult(True, 1.0)
 
-    rig.wd.probes.health = health
+    rig.wd.probes.probes[Kind.LIVE] = live
     pending = rig.wd.probes.pending
     for _ in range(5):
         rig.wd.watch.round()
-        wait_until(lambda: (p := pending.get("primary_1")) is None or p[-1].done())
+        wait_until(lambda: (p := pending.get(("primary_1", Kind.LIVE))) is None or p[-1].done())
     assert seen[0] == 1  # one probe, still outstanding, never duplicated
     assert seen[1] >= 4  # the other worker kept being probed every round
     release.set()

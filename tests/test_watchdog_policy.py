@@ -7,7 +7,7 @@ from pathlib import Path
 from sentiguard.errors import ExitCode
 from sentiguard.runtime.memory import MemorySample
 from sentiguard.watchdog.policy import Action, Backoff, Phase, Policy, WorkerRecord
-from sentiguard.watchdog.probe import ProbeResult
+from sentiguard.watchdog.probe import LiveResult
 from tests.watchdog_helpers import make_settings
 
 
@@ -111,17 +111,18 @@ def test_critical_memory_recycles_even_the_last_ready_worker(tmp_path: Path) -> 
     assert d is not None and d.action is Action.RECYCLE and d.reason == "memory_critical"
 
 
-def test_k_probe_misses_in_a_row_mean_hung(tmp_path: Path) -> None:
+def test_k_live_misses_in_a_row_mean_hung(tmp_path: Path) -> None:
     policy = Policy(make_settings(tmp_path, watchdog__probe_failures=3))
     rec = record(policy, "primary_0")
-    timeout = ProbeResult(False, 1000.0, "timeout")
-    slow = ProbeResult(True, 900.0)  # answered, but over the 500 ms budget
-    good = ProbeResult(True, 10.0)
-    assert policy.on_probe(rec, timeout) is None
-    assert policy.on_probe(rec, slow) is None
-    assert policy.on_probe(rec, good) is None  # a good probe resets the count
-    assert policy.on_probe(rec, timeout) is None
-    assert policy.on_probe(rec, slow) is None
-    d = policy.on_probe(rec, timeout)
+    timeout = LiveResult(False, 1000.0, "timeout")
+    refused = LiveResult(False, 0.3, "refused")
+    answered = LiveResult(True, 2.0)
+    assert policy.on_live(rec, timeout, now=0.0) is None
+    assert policy.on_live(rec, refused, now=1.0) is None
+    assert policy.on_live(rec, answered, now=2.0) is None  # an answer resets the count
+    assert policy.on_live(rec, timeout, now=3.0) is None
+    assert policy.on_live(rec, refused, now=4.0) is None
+    d = policy.on_live(rec, timeout, now=5.0)
     assert d is not None and d.action is Action.KILL and d.reason == "hang"
-    assert d.fields["misses"] == 3 and d.fields["probe_error"] == "timeout"
+    assert d.fields["misses"] == 3 and d.fields["probe_error"] == "no_answer"
+    assert d.fields["error"] == "timeout"

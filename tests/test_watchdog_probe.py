@@ -1,4 +1,4 @@
-"""/health and /ready probes against a real HTTP server on loopback."""
+"""/health, /live and /ready probes against a real HTTP server on loopback."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from sentiguard.watchdog.probe import probe_health, probe_ready
+from sentiguard.watchdog.limits import MemoryProfile
+from sentiguard.watchdog.probe import probe_health, probe_live, probe_ready
 
 
 class Worker:
@@ -91,3 +92,44 @@ def test_ready_reads_version_and_pid(worker: tuple[Worker, int]) -> None:
     state.status, state.body = 503, {"ready": False, "reason": "loading"}
     r = probe_ready(port, 1.0)
     assert not r.ready and r.error == "loading"
+
+
+def test_a_wrong_answer_is_named(worker: tuple[Worker, int]) -> None:
+    state, port = worker
+    state.status, state.body = 503, {"status": "wrong_answer", "probe_ms": 4.0}
+    result = probe_health(port, 2.0)
+    assert not result.ok and result.error == "wrong_answer"
+
+
+def test_live_reads_progress_and_the_memory_measure(worker: tuple[Worker, int]) -> None:
+    state, port = worker
+    state.body = {
+        "pid": 7,
+        "ready": True,
+        "progress": {"batches": 12, "texts": 90, "queued": 2, "running": 1,
+                     "oldest_running_ms": 340.5, "last_batch_ago_ms": 20.0,
+                     "batch_ms": 300.0, "batch_ms_max": 900.0, "dropped": 1},
+        "memory": {"ready_mb": 360.0, "peak_mb": 412.5, "batch": 32, "tokens": 128},
+    }  # fmt: skip
+    live = probe_live(port, 1.0)
+    assert live.ok and live.pid == 7
+    assert live.progress is not None and live.progress.has_work
+    assert live.progress.batch_ms_max == 900.0 and live.progress.oldest_running_ms == 340.5
+    assert live.memory == MemoryProfile(360.0, 412.5, 32, 128)
+    state.body = {"pid": 7, "progress": {"batches": 0, "queued": 0, "running": 0}, "memory": None}
+    live = probe_live(port, 1.0)
+    assert live.progress is not None and not live.progress.has_work and live.memory is None
+
+
+def test_live_without_the_route_is_alive_without_counters(worker: tuple[Worker, int]) -> None:
+    state, port = worker
+    state.status, state.body = 404, {"error": {"code": "not_found"}}
+    live = probe_live(port, 1.0)
+    assert live.ok and live.progress is None  # an older worker: its HTTP thread answers
+
+
+def test_live_of_a_stopped_worker_times_out(worker: tuple[Worker, int]) -> None:
+    state, port = worker
+    state.hang = True
+    live = probe_live(port, 0.2)
+    assert not live.ok and live.timed_out

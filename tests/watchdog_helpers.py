@@ -6,8 +6,9 @@ gateway and watchdog programs are not started (the tests run their own watchdog)
 
 Also runnable as that stand-in worker (starts in milliseconds, no model): `python
 tests/watchdog_helpers.py worker --index I`, which reads its settings from the
-`SENTIGUARD_*` environment like a real worker, serves `/ready` and `/health` on its port
-with `model_version` = the contents of `<run_dir>/primary_model` (or "v0"; "broken" makes
+`SENTIGUARD_*` environment like a real worker, serves `/ready`, `/health` and `/live`
+(without counters) on its port with `model_version` = the contents of
+`<run_dir>/primary_model` (or "v0"; "broken" makes
 it exit 4 at start like a worker whose model cannot load), and `POST /_exit` to exit with
 the code in header X-Code.
 """
@@ -37,7 +38,8 @@ from sentiguard.runtime.memory import MemorySample  # noqa: E402
 from sentiguard.runtime.paths import RunDir, write_private  # noqa: E402
 from sentiguard.runtime.supervisord import render_supervisord_conf  # noqa: E402
 from sentiguard.settings import Settings  # noqa: E402
-from sentiguard.watchdog.probe import ProbeResult, Readiness  # noqa: E402
+from sentiguard.watchdog.drain import Routable  # noqa: E402
+from sentiguard.watchdog.probe import LiveResult, ProbeResult, Readiness  # noqa: E402
 from sentiguard.watchdog.supervisor_client import (  # noqa: E402
     ProcessInfo,
     ProcessState,
@@ -153,6 +155,9 @@ class FakeGateway:
         self.summaries.append(body)
         return self.up
 
+    def wait_routable(self, name: str, pid: int | None, stop: Any, **_: Any) -> Routable:
+        return Routable(True, 0.0, "no_gateway")
+
     def drain_and_wait(
         self,
         name: str,
@@ -185,6 +190,11 @@ class FakeWorkers:
         if self.index(port) in self.hung:
             return ProbeResult(False, timeout_s * 1000, "timeout")
         return ProbeResult(True, 5.0)
+
+    def live(self, port: int, timeout_s: float) -> LiveResult:
+        if self.index(port) in self.hung:
+            return LiveResult(False, timeout_s * 1000, "timeout")
+        return LiveResult(True, 1.0)
 
     def ready(self, port: int, timeout_s: float) -> Readiness:
         if self.ready_ports is not None and port not in self.ready_ports:
@@ -305,6 +315,8 @@ def _serve_worker(index: int) -> None:
             pid = os.getpid()
             if self.path == "/ready":
                 self._send(200, {"ready": True, "pid": pid, "model_version": version})
+            elif self.path == "/live":
+                self._send(200, {"pid": pid, "ready": True, "progress": None, "memory": None})
             elif self.path == "/health":
                 self._send(
                     200, {"status": "ok", "probe_ms": 1.0, "pid": pid, "model_version": version}

@@ -49,12 +49,18 @@ class Sample:
     server_ms: float | None = None  # the answer's own latency_ms (inside the gateway)
 
 
-def _client(port: int, index: int, timeout_s: float, stop: threading.Event) -> list[Sample]:
+def _client(
+    port: int,
+    index: int,
+    timeout_s: float,
+    stop: threading.Event,
+    extra_headers: dict[str, str] | None = None,
+) -> list[Sample]:
     """One closed-loop client over a kept-alive connection until `stop` is set."""
     rng = random.Random(index)
     samples: list[Sample] = []
     conn: http.client.HTTPConnection | None = None
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", **(extra_headers or {})}
     while not stop.is_set():
         body = json.dumps({"text": rng.choice(TEXTS)}, ensure_ascii=False).encode()
         start = time.monotonic()
@@ -96,6 +102,7 @@ def _process(
     stop: EventType,
     started: Any,
     results: Any,
+    headers: dict[str, str] | None = None,
 ) -> None:
     """A child process: `count` client threads until the parent sets `stop` (or dies)."""
     # Real clients run on other machines; here they share the service's two cores. At a
@@ -107,7 +114,7 @@ def _process(
     out: list[list[Sample]] = [[] for _ in range(count)]
 
     def run(i: int) -> None:
-        out[i] = _client(port, first + i, timeout_s, local_stop)
+        out[i] = _client(port, first + i, timeout_s, local_stop, headers)
 
     threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(count)]
     for t in threads:
@@ -125,11 +132,19 @@ def _process(
 class Load:
     """`clients` closed-loop clients POSTing /analyze to 127.0.0.1:`port` until stopped.
 
+    `headers` go with every request (e.g. a client-shortened `X-Deadline-Ms`).
+
     Use as a context manager; the clients are all sending when `__enter__` returns, and
     `snapshot()` (after `stop()`) returns every sample.
     """
 
-    def __init__(self, port: int, clients: int, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        port: int,
+        clients: int,
+        timeout_s: float = 10.0,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.port = port
         self.clients = clients
         self.timeout_s = timeout_s
@@ -144,7 +159,16 @@ class Load:
         self._procs = [
             ctx.Process(
                 target=_process,
-                args=(port, first, size, timeout_s, self._stop, self._started, self._results),
+                args=(
+                    port,
+                    first,
+                    size,
+                    timeout_s,
+                    self._stop,
+                    self._started,
+                    self._results,
+                    headers,
+                ),
                 daemon=True,
             )
             for first, size in zip(firsts, sizes, strict=True)

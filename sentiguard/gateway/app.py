@@ -130,7 +130,7 @@ def create_app(
         metrics=metrics,
         poller=ReadinessPoller(pool, WorkerClient(secret), log),
         log=log,
-        history=OpsHistory(state, metrics, float(settings.watchdog.memory_limit_mb)),
+        history=OpsHistory(state, metrics, settings.watchdog.memory_limit_mb),
     )
     app = GatewayFlask(__name__, static_folder=None)
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -211,6 +211,7 @@ def _register_routes(app: Flask, gateway: Gateway) -> None:
     state = gateway.state
     limits = Limits.from_settings(settings)
     deadline_ms: int = settings.gateway.deadline_ms
+    min_deadline_ms: int = settings.gateway.min_deadline_ms
 
     @app.post("/analyze")
     def analyze() -> Response:
@@ -220,7 +221,7 @@ def _register_routes(app: Flask, gateway: Gateway) -> None:
         g.n_texts = len(parsed.texts)
         g.text_chars = sum(len(t) for t in parsed.texts)
         g.texts = parsed.texts
-        budget_ms = _deadline_ms(request.headers.get("X-Deadline-Ms"), deadline_ms)
+        budget_ms = _deadline_ms(request.headers.get("X-Deadline-Ms"), deadline_ms, min_deadline_ms)
         # The deadline counts from the request's arrival, and keeps the fallback's own
         # few milliseconds inside it: a primary that times out must not push the answer
         # past what the client was promised.
@@ -228,7 +229,11 @@ def _register_routes(app: Flask, gateway: Gateway) -> None:
         primary_ms = max(budget_ms - spent_ms - FALLBACK_RESERVE_MS, 0.0)
         state.request_started()
         try:
-            answer = gateway.router.route(parsed.texts, time.monotonic() + primary_ms / 1e3)
+            answer = gateway.router.route(
+                parsed.texts,
+                time.monotonic() + primary_ms / 1e3,
+                shortened=budget_ms < deadline_ms,
+            )
         finally:
             state.request_finished()
         latency_s = time.perf_counter() - g.start
@@ -280,11 +285,12 @@ def _register_routes(app: Flask, gateway: Gateway) -> None:
         return send_from_directory(STATIC_DIR, filename)
 
 
-def _deadline_ms(header: str | None, configured: int) -> int:
+def _deadline_ms(header: str | None, configured: int, floor: int = 1) -> int:
     """The configured deadline, or less if the client asks (X-Deadline-Ms) for less.
 
     Only ASCII digits count, as openapi.py's pattern says (not `int()`'s signs,
-    underscores, spaces or other scripts' digits); more than the configured is capped to it.
+    underscores, spaces or other scripts' digits); more than the configured is capped to it;
+    less than `floor` (gateway.min_deadline_ms) is refused.
     """
     if header is None:
         return configured
@@ -292,10 +298,11 @@ def _deadline_ms(header: str | None, configured: int) -> int:
     if len(digits) > len(str(configured)):
         return configured  # more digits than the configured deadline: larger, so capped
     asked = int(digits) if digits else 0
-    if asked <= 0:
+    if asked < floor:
         raise BadRequest(
-            f"X-Deadline-Ms must be a whole number of milliseconds above 0, not {header!r}; "
-            f"omit it to use the service's {configured} ms.",
+            f"X-Deadline-Ms must be whole milliseconds, at least {floor} "
+            f"(gateway.min_deadline_ms), not {header!r}: ask for {floor} to {configured} ms, "
+            f"or omit the header to use the service's {configured} ms.",
             code="bad_deadline",
         )
     return min(asked, configured)

@@ -3,7 +3,8 @@
 Routes (docs/internals.md, "Gateway control socket"):
 
 - `PUT /control/workers/<name>`: drain/undrain a worker and hand over the watchdog's view
-  of it (state, memory, restarts, parked) -> `{"name", "in_flight", "drain"}`; the
+  of it (state, memory, restarts, parked, `memory_limit_mb` and `memory_limit_source`)
+  -> `{"name", "in_flight", "drain"}`; the
   watchdog repeats it until `in_flight` is 0. `GET` answers the same without changing.
 - `PUT /control/watchdog`: the watchdog's limits and last decisions, shown in /status.
 - `GET /control/local`: this process's own counts (per-worker in flight, fallback, itself),
@@ -67,7 +68,19 @@ def create_control_app(settings: Settings, state: GatewayState, log: EventLog) -
                 status=404,
             )
         if request.method == "GET":
-            return jsonify({"name": name, "in_flight": target.in_flight, "drain": target.drain})
+            # `ready`, `pid` and `breaker`: whether this process routes to the worker yet
+            # (its own poller's view), which a reload or recycle waits for before it takes
+            # another worker away (`watchdog.drain.GatewayLink.wait_routable`).
+            return jsonify(
+                {
+                    "name": name,
+                    "in_flight": target.in_flight,
+                    "drain": target.drain,
+                    "ready": target.ready,
+                    "pid": target.pid,
+                    "breaker": str(target.breaker.state),
+                }
+            )
         report = _json_object()
         before = target.drain
         answer = state.pool.apply_report(target, report)

@@ -93,7 +93,7 @@ class OpsHistory:
         self,
         state: GatewayState,
         metrics: Metrics,
-        memory_limit_mb: float,
+        memory_limit_mb: float | str | None,
         points: int = POINTS,
         interval_s: float = INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
@@ -101,7 +101,9 @@ class OpsHistory:
     ) -> None:
         self.state = state
         self.metrics = metrics
-        self.memory_limit_mb = memory_limit_mb
+        # watchdog.memory_limit_mb as configured: a number, or "auto" (known per worker
+        # only once the watchdog reports it).
+        self.memory_limit_mb = _number(memory_limit_mb)
         self.interval_s = interval_s
         self.ring: Ring[Sample] = Ring(points)
         self.clock = clock
@@ -181,20 +183,25 @@ class OpsHistory:
             },
         }
 
-    def limit_mb(self) -> float:
-        """The memory limit the watchdog enforces (its report), else the configured one."""
+    def limit_mb(self, workers: list[dict[str, Any]] | None = None) -> float | None:
+        """The memory limit the chart draws: the watchdog's (its summary), else the largest
+        of the workers' own (`watchdog.memory_limit_mb = "auto"` derives one per worker
+        from its measured peak), else the configured number; None while an auto limit
+        waits for the workers' measures."""
         reported = self.state.watchdog.body.get("limits", {})
-        value = reported.get("memory_limit_mb") if isinstance(reported, dict) else None
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        return self.memory_limit_mb
+        value = _number(reported.get("memory_limit_mb")) if isinstance(reported, dict) else None
+        if value is not None:
+            return value
+        own = [mb for w in workers or [] if (mb := _number(w.get("memory_limit_mb"))) is not None]
+        return max(own) if own else self.memory_limit_mb
 
     def body(self) -> dict[str, Any]:
         status = self.state.status()
-        limit = self.limit_mb()
+        limit = self.limit_mb(status["workers"])
         capacity = self.state.pool.max_in_flight
         workers = [
-            # /status may carry each worker's own capacity and limit; else the shared ones.
+            # Each worker's own capacity and memory limit, from /status (the watchdog's
+            # report), once known; until then the shared ones.
             {"capacity": capacity, "memory_limit_mb": limit, **w}
             for w in status["workers"]
         ]
@@ -214,6 +221,12 @@ class OpsHistory:
             # Newest first: the page shows the latest at the top.
             "incidents": [i.to_json() for i in reversed(incidents)],
         }
+
+
+def _number(value: Any) -> float | None:
+    """`value` as a float when it is a number (not a bool), else None."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    return float(value) if ok else None
 
 
 def _column(sample: Sample, index: int, name: str) -> Any:

@@ -187,8 +187,20 @@ def _recycle_headline(d: Decision) -> str:
     if reason == "hang":
         misses = d.get("misses")
         why = d.get("probe_error")
+        if why == "no_progress" and isinstance(d.get("stalled_ms"), int | float):
+            return (
+                f"hang: no batch finished for {_s(d['stalled_ms'])} with work waiting "
+                f"(window {_s(d.get('window_ms'))})"
+            )
+        if why == "wrong_answer":
+            return f"wrong answer to the known-answer check, {d.get('wrong')} times in a row"
         detail = f" ({why})" if why and why != "failed" else ""
         return f"hang: {misses} probes missed{detail}" if misses else f"hang{detail}"
+    if reason == "slow_check":
+        return (
+            f"known-answer check slower than its {_s(d.get('budget_ms'))} budget "
+            f"{d.get('slow')} times in a row"
+        )
     if reason.startswith("memory"):
         used, kind = _used_mb(d)
         limit = d.get("critical_mb") if reason == "memory_critical" else d.get("limit_mb")
@@ -197,6 +209,10 @@ def _recycle_headline(d: Decision) -> str:
         samples = d.get("samples")
         return f"memory: {over}" + (f" ({samples} samples)" if samples else "")
     return f"{reason}: recycled"
+
+
+def _s(ms: Any) -> str:
+    return f"{ms / 1000:.1f} s" if isinstance(ms, int | float) else "?"
 
 
 def _step(incident: Incident, d: Decision) -> None:

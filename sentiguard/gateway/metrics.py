@@ -12,6 +12,7 @@ Counted as requests happen:
 Read from the held state at scrape time (`StateCollector`):
 
 - `sentiguard_worker_ready{worker}`, `sentiguard_worker_in_flight{worker}`,
+  `sentiguard_worker_capacity{worker}` (its learnt concurrency limit, summed over processes),
   `sentiguard_worker_breaker_open{worker}`, `sentiguard_worker_draining{worker}`
 - `sentiguard_worker_rss_bytes{worker}`, `sentiguard_worker_uss_bytes{worker}`
 - `sentiguard_worker_restarts_total{worker, cause}` (counted by the watchdog)
@@ -63,6 +64,7 @@ class StateCollector(Collector):
             for name, text in (
                 ("ready", "1 when the worker passed /ready and is not drained"),
                 ("in_flight", "requests the gateway has outstanding on the worker"),
+                ("capacity", "requests the gateway may send the worker at once (learnt limit)"),
                 ("breaker_open", "1 while the worker's breaker is open or half-open"),
                 ("draining", "1 while the watchdog drains the worker"),
                 ("rss_bytes", "resident memory of the worker"),
@@ -77,6 +79,7 @@ class StateCollector(Collector):
             name = w["name"]
             gauges["ready"].add_metric([name], 1.0 if w["ready"] and not w["drain"] else 0.0)
             gauges["in_flight"].add_metric([name], w["in_flight"])
+            gauges["capacity"].add_metric([name], w["capacity"])
             gauges["breaker_open"].add_metric([name], 0.0 if w["breaker"] == "closed" else 1.0)
             gauges["draining"].add_metric([name], 1.0 if w["drain"] else 0.0)
             for key in ("rss", "uss"):

@@ -163,8 +163,13 @@ def schemas(settings: Settings) -> JSON:
         "drain": BOOL,
         "model_version": _nullable("string"),
         "reason": _nullable("string"),
+        # Its learnt concurrency limit (gateway.admission), summed over the gateway processes.
+        "capacity": {**INT, "minimum": 1},
+        "memory_limit_mb": _nullable("number"),  # the watchdog's, and how it derived it
+        "memory_limit_source": _nullable("string"),
     }
-    optional = {"model_version", "reason"}
+    # The memory limit only once the watchdog reported it.
+    optional = {"model_version", "reason", "memory_limit_mb", "memory_limit_source"}
     watchdog = {
         "pid": _nullable("integer"),
         "limits": OBJ,
@@ -249,7 +254,10 @@ def _ops_data() -> JSON:
             "gateway_pid": INT,
             "window_s": INT,
             "interval_s": NUM,
-            "memory_limit_mb": NUM,
+            "memory_limit_mb": {
+                **_nullable("number"),
+                "description": "the memory limit the chart draws; null until one is known",
+            },
             "capacity_per_worker": INT,
             "series": series,
             "workers": _array(OBJ),
@@ -274,10 +282,19 @@ def paths(settings: Settings) -> JSON:
     deadline = {
         "name": "X-Deadline-Ms",
         "in": "header",
-        # A header is text: the digits' spelling is the contract (app._deadline_ms).
-        "schema": {"type": "string", "pattern": "^0*[1-9][0-9]*$"},
-        "description": "ask for a shorter deadline: whole milliseconds above 0 in ASCII "
-        f"digits; above gateway.deadline_ms ({g.deadline_ms}) it is capped to it",
+        # A header is text: the digits' spelling is the contract (app._deadline_ms), and
+        # the pattern holds the floor. The bounds as numbers are extensions, since JSON
+        # Schema's minimum/maximum do not apply to strings (and a larger value is capped,
+        # not refused).
+        "schema": {
+            "type": "string",
+            "pattern": at_least_pattern(g.min_deadline_ms),
+            "x-minimum": g.min_deadline_ms,
+            "x-maximum": g.deadline_ms,
+        },
+        "description": "ask for a shorter deadline: whole milliseconds in ASCII digits, "
+        f"at least gateway.min_deadline_ms ({g.min_deadline_ms}; less is 400 bad_deadline); "
+        f"above gateway.deadline_ms ({g.deadline_ms}) it is capped to it",
     }
     file = {"name": "file", "in": "path", "required": True, "example": "style.css"}
     return {
@@ -405,3 +422,19 @@ def spec(settings: Settings) -> JSON:
             },
         },
     }
+
+
+def at_least_pattern(floor: int) -> str:
+    """A regex for ASCII decimal numbers >= `floor` (> 0), leading zeros allowed:
+    `at_least_pattern(50)` matches "50", "0099", "100", not "49" or "0"."""
+    digits = str(floor)
+    width = len(digits)
+    longer = f"[1-9][0-9]{{{width},}}"  # more digits than the floor: larger
+    same = [digits]  # as many digits: the floor, or larger at the first digit that differs
+    for i, d in enumerate(digits):
+        if d != "9":
+            low = int(d) + 1
+            first = str(low) if low == 9 else f"[{low}-9]"
+            rest = width - i - 1
+            same.append(digits[:i] + first + (f"[0-9]{{{rest}}}" if rest else ""))
+    return f"^0*({'|'.join([longer, *same])})$"

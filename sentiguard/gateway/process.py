@@ -135,6 +135,7 @@ class GatewayProcess:
             port=self.port,
             listener="own" if self.owns_listener else "shared, held by `sentiguard up`",
             max_in_flight_per_worker=self.gateway.state.pool.max_in_flight,
+            admission=self.settings.gateway.admission,
             control=str(RunDir(self.settings).control_socket_for(self.index)),
             workers=[w.name for w in self.gateway.state.pool.workers],
             fallback_version=self.gateway.state.fallback.version,

@@ -1,14 +1,21 @@
 """Where a request goes: a primary worker within the deadline, else the fallback.
 
-`Router.route(texts, deadline)` never raises for a primary failure. It asks the pool for
-the least-loaded usable worker and sends all the texts to it in one `POST /predict` with
-the time left as connect and read timeout. What cannot be answered by a worker is
-answered by the in-process fallback, with the reason:
+`Router.route(texts, deadline, shortened)` never raises for a primary failure. It asks the
+pool for the least-loaded usable worker with room under its learnt limit and sends all the
+texts to it in one `POST /predict` with the time left as connect and read timeout and as
+`X-Deadline-Ms` (the worker drops work whose time passed: 504 `deadline_passed`). What
+cannot be answered by a worker is answered by the in-process fallback, with the reason:
 
 - no worker ready, drained or all breakers open -> `primary_down`
-- workers ready but none with room                -> `overloaded`
-- the worker timed out                            -> `primary_timeout`
+- workers ready but none with room, or none that
+  would answer within the time left            -> `overloaded` (at once, no waiting)
+- the worker timed out (or said deadline_passed) -> `primary_timeout`
 - refused, reset, 5xx or a malformed answer       -> `primary_error`
+
+Every answer and every timeout on the gateway's own deadline is a sample for the worker's
+limiter (`limiter.py`). A timeout on a deadline the client shortened (`shortened`) is the
+client's choice, not the worker's fault: it neither counts against the breaker (a half-open
+probe slot it held is given back) nor lowers the limit.
 
 A connection failure (refused, reset, closed without an answer) costs next to nothing and
 means that process is gone, so the request gets one more try on another worker before it
@@ -26,6 +33,11 @@ from sentiguard.gateway.admission import FallbackAdmission
 from sentiguard.gateway.client import FailureKind, WorkerClient, WorkerFailure
 from sentiguard.gateway.workers import Reason, Worker, WorkerPool
 from sentiguard.logs import EventLog
+
+# The time left a worker gets with each /predict (whole ms, at least 1), and the error code
+# of its 504 when that time passed before its batch ran.
+DEADLINE_HEADER = "X-Deadline-Ms"
+DEADLINE_PASSED = "deadline_passed"
 
 
 class Fallback(Protocol):
@@ -63,22 +75,20 @@ class Router:
         self.log = log
         self.client = client  # carries the per-up secret (a worker refuses /predict without)
 
-    def route(self, texts: list[str], deadline: float) -> Answer:
-        """Answer `texts` before the monotonic `deadline` if a worker can; else the fallback."""
+    def route(self, texts: list[str], deadline: float, shortened: bool = False) -> Answer:
+        """Answer `texts` before the monotonic `deadline` if a worker can; else the fallback.
+        `shortened`: the client asked for a shorter deadline than the gateway's."""
         reason: Reason | None = None
         for _attempt in range(2):
-            worker, why_not = self.pool.acquire()
+            worker, why_not = self.pool.acquire(deadline - time.monotonic())
             if worker is None:
                 # A worker that just failed explains more than "none is left".
                 reason = reason or why_not
                 break
+            in_flight = worker.in_flight
+            started = time.monotonic()
             try:
-                if time.monotonic() >= deadline:
-                    # Not the worker's fault: give back a probe slot it may have lent us.
-                    worker.breaker.release()
-                    reason = reason or Reason.PRIMARY_TIMEOUT
-                    break
-                return self._ask(worker, texts, deadline)
+                return self._ask(worker, texts, deadline, in_flight)
             except WorkerFailure as e:
                 failure = e
             except Exception as e:
@@ -89,18 +99,32 @@ class Router:
                 self.pool.release(worker)
             timed_out = failure.kind is FailureKind.TIMEOUT
             reason = Reason.PRIMARY_TIMEOUT if timed_out else Reason.PRIMARY_ERROR
+            if timed_out and shortened:
+                # The client's short deadline ran out, not the worker's time: give back a
+                # probe slot it may have lent us, and learn nothing from it.
+                worker.breaker.release()
+                break
+            if timed_out:
+                worker.limiter.sample(time.monotonic() - started, in_flight, dropped=True)
             self._record_failure(worker, failure)
             if failure.kind is not FailureKind.CONNECT or time.monotonic() >= deadline:
                 break
         return self._fallback(texts, reason or Reason.PRIMARY_DOWN)
 
-    def _ask(self, worker: Worker, texts: list[str], deadline: float) -> Answer:
-        remaining = max(deadline - time.monotonic(), 0.001)
+    def _ask(self, worker: Worker, texts: list[str], deadline: float, in_flight: int) -> Answer:
+        started = time.monotonic()
+        remaining = max(deadline - started, 0.001)
         status, body = self.client.request(
-            "POST", worker.port, "/predict", {"texts": texts}, remaining
+            "POST",
+            worker.port,
+            "/predict",
+            {"texts": texts},
+            remaining,
+            headers={DEADLINE_HEADER: str(max(1, int(remaining * 1000)))},
         )
         answer = _parse_predict(status, body, len(texts))
         worker.breaker.success()
+        worker.limiter.sample(time.monotonic() - started, in_flight)
         answer.worker = worker.name
         return answer
 
@@ -131,9 +155,14 @@ class Router:
 
 
 def _parse_predict(status: int, body: Any, n: int) -> Answer:
-    """Check a worker's /predict answer against the contract; a wrong one is an error."""
+    """Check a worker's /predict answer against the contract; a wrong one is an error.
+    A 504 `deadline_passed` (the worker dropped work whose time ran out) is a timeout."""
     if status != 200:
         detail = body.get("error") if isinstance(body, dict) else None
+        if status == 504 and isinstance(detail, dict) and detail.get("code") == DEADLINE_PASSED:
+            raise WorkerFailure(
+                FailureKind.TIMEOUT, "the worker's deadline passed before its batch"
+            )
         raise WorkerFailure(FailureKind.ERROR, f"/predict answered HTTP {status}: {detail}")
     try:
         results = body["results"]

@@ -17,7 +17,9 @@ at once when a worker hangs; a stopped sibling costs at most `timeout_s` in all.
 
 Capacity: `gateway.max_in_flight_per_worker` is the ceiling for the whole service; each
 process gets `capacity_share` of it, so the processes together never send a worker more
-(unless there are more processes than the ceiling: each gets at least one).
+(unless there are more processes than the ceiling: each gets at least one). Below its share
+each process learns the worker's limit itself (`limiter.py`); a worker's `capacity` in
+/status is the sum of the processes' current limits.
 """
 
 from __future__ import annotations

@@ -148,9 +148,9 @@ class GatewayState:
         }
 
     def workers(self) -> list[dict[str, Any]]:
-        """The pool's snapshot, each worker with `capacity`: the requests this process may
-        send it at once (its share of max_in_flight_per_worker), unless the pool says."""
-        return [{"capacity": self.pool.max_in_flight, **w} for w in self.pool.snapshot()]
+        """The pool's snapshot; each worker's `capacity` is the requests this process may
+        send it at once now (its learnt limit, at most its share of the ceiling)."""
+        return self.pool.snapshot()
 
     def own_status(self) -> dict[str, Any]:
         """This process's /status body, before its siblings' views are added."""

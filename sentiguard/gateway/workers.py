@@ -8,9 +8,10 @@ Three sources update it, none of them on a request's path:
   state, memory, restarts by cause, `parked`;
 - the router: `in_flight` and the breaker's outcomes.
 
-`WorkerPool.acquire()` picks, under one lock, the usable worker (ready, not drained,
-breaker allowing) with the fewest outstanding requests and room below
-`max_in_flight_per_worker`, and counts the request against it; `release()` gives it back.
+`WorkerPool.acquire(time_left_s)` picks, under one lock, the usable worker (ready, not
+drained, breaker allowing) with the fewest outstanding requests, room below its learnt
+limit (`limiter.py`; `max_in_flight_per_worker` is the ceiling) and an expected latency
+within the time left, and counts the request against it; `release()` gives it back.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from enum import StrEnum
 from typing import Any
 
 from sentiguard.gateway.breaker import Breaker
+from sentiguard.gateway.limiter import Limiter, make_limiter
 from sentiguard.runtime import endpoints
 from sentiguard.settings import Settings
 
@@ -45,6 +47,7 @@ class Worker:
     index: int
     port: int
     breaker: Breaker
+    limiter: Limiter
     in_flight: int = 0
     # From the readiness poller.
     ready: bool = False
@@ -60,6 +63,8 @@ class Worker:
     restarts: dict[str, int] = field(default_factory=dict)
     parked: bool = False
     report_at: float | None = None
+    memory_limit_mb: float | None = None
+    memory_limit_source: str | None = None
 
     @property
     def name(self) -> str:
@@ -90,25 +95,48 @@ class WorkerPool:
     """The workers and the lock that keeps `in_flight` and the choice of worker consistent."""
 
     def __init__(self, settings: Settings) -> None:
-        open_s = settings.gateway.breaker_open_s
-        self.max_in_flight: int = settings.gateway.max_in_flight_per_worker
+        gateway = settings.gateway
+        self._max_in_flight: int = gateway.max_in_flight_per_worker
+        deadline_s = gateway.deadline_ms / 1000.0
         self.workers = [
-            Worker(index=a.index, port=a.port, breaker=Breaker(open_s))
+            Worker(
+                index=a.index,
+                port=a.port,
+                breaker=Breaker(gateway.breaker_open_s),
+                limiter=make_limiter(gateway.admission, self._max_in_flight, deadline_s),
+            )
             for a in endpoints.workers(settings)
         ]
         self._lock = threading.Lock()
         self._turn = 0
 
+    @property
+    def max_in_flight(self) -> int:
+        """This process's ceiling per worker (its share of max_in_flight_per_worker)."""
+        return self._max_in_flight
+
+    @max_in_flight.setter
+    def max_in_flight(self, value: int) -> None:
+        self._max_in_flight = value
+        for worker in self.workers:
+            worker.limiter.ceiling = value
+
     def by_name(self, name: str) -> Worker | None:
         return next((w for w in self.workers if w.name == name), None)
 
-    def acquire(self) -> tuple[Worker | None, Reason | None]:
-        """Reserve a slot on the best worker, or say why none: primary_down or overloaded."""
+    def acquire(self, time_left_s: float = float("inf")) -> tuple[Worker | None, Reason | None]:
+        """Reserve a slot on the best worker, or say why none: primary_down or overloaded.
+
+        Overloaded: every usable worker is at its limit, or would answer later than
+        `time_left_s` even as fast as its recent fast answers (it would queue and time out).
+        """
         with self._lock:
             usable = [w for w in self.workers if w.usable()]
             if not usable:
                 return None, Reason.PRIMARY_DOWN
-            roomy = [w for w in usable if w.in_flight < self.max_in_flight]
+            roomy = [
+                w for w in usable if w.in_flight < w.limiter.limit and _in_time(w, time_left_s)
+            ]
             if not roomy:
                 return None, Reason.OVERLOADED
             # Ties go round-robin so light load spreads over every worker.
@@ -136,9 +164,11 @@ class WorkerPool:
         with self._lock:
             changed = not worker.ready or pid != worker.pid
             if pid is not None and pid != worker.pid:
-                # A new process: whatever the breaker learnt about the old one is moot.
+                # A new process: whatever the breaker and the limiter learnt about the old
+                # one is moot (it may even serve another model, after a reload).
                 # (A drain stays until the watchdog lifts it: it owns the recycle.)
                 worker.breaker.reset()
+                worker.limiter.reset()
                 if (worker.reported_state or "").upper() in DEAD_STATES:
                     worker.reported_state = None
                     worker.reported_reason = None
@@ -173,9 +203,11 @@ class WorkerPool:
             if isinstance(state, str):
                 worker.reported_state = state
             worker.reported_reason = report.get("reason")
-            for key in ("rss_mb", "uss_mb"):
+            for key in ("rss_mb", "uss_mb", "memory_limit_mb"):
                 if isinstance(report.get(key), int | float):
                     setattr(worker, key, float(report[key]))
+            if isinstance(report.get("memory_limit_source"), str):
+                worker.memory_limit_source = report["memory_limit_source"]
             restarts = report.get("restarts")
             if isinstance(restarts, dict):
                 worker.restarts = {str(k): int(v) for k, v in restarts.items()}
@@ -191,7 +223,7 @@ class WorkerPool:
             return {"name": worker.name, "in_flight": worker.in_flight, "drain": worker.drain}
 
     def snapshot(self) -> list[dict[str, Any]]:
-        """The `workers` list of /status."""
+        """The `workers` list of /status (`memory_limit_mb` and its source once reported)."""
         with self._lock:
             return [
                 {
@@ -205,9 +237,11 @@ class WorkerPool:
                     "restarts": dict(w.restarts),
                     "breaker": str(w.breaker.state),
                     "in_flight": w.in_flight,
+                    "capacity": w.limiter.limit,
                     "drain": w.drain,
                     "model_version": w.model_version,
                     "reason": w.reported_reason or w.not_ready_reason or w.breaker.reason,
+                    **_memory_limit(w),
                 }
                 for w in self.workers
             ]
@@ -215,3 +249,22 @@ class WorkerPool:
     def any_ready(self) -> bool:
         with self._lock:
             return any(w.ready and not w.drain for w in self.workers)
+
+
+def _in_time(worker: Worker, time_left_s: float) -> bool:
+    """Whether the worker may answer within `time_left_s` (unknown until it answered once)."""
+    if time_left_s <= 0:
+        return False
+    expected = worker.limiter.expected_latency_s()
+    return expected is None or expected <= time_left_s
+
+
+def _memory_limit(worker: Worker) -> dict[str, Any]:
+    """The watchdog's memory limit for the worker and how it was derived, once reported
+    (absent before, so a reader falls back to the configured limit)."""
+    if worker.memory_limit_mb is None:
+        return {}
+    return {
+        "memory_limit_mb": worker.memory_limit_mb,
+        "memory_limit_source": worker.memory_limit_source,
+    }

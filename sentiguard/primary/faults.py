@@ -1,4 +1,4 @@
-"""Fault injection for tests: make a worker leak, hang, slow down or crash on request.
+"""Fault injection for tests: make a worker leak, hang, slow down, stall or crash on request.
 
 Served as `POST /_fault` on the worker's loopback port only when `faults.enabled`; with it
 off the route does not exist (404). Each fault imitates the real failure as the watchdog
@@ -8,6 +8,10 @@ would see it from outside:
 - hang {"seconds": S}: every request, /health included, blocks until S passes, and
   SIGTERM is ignored meanwhile, as in a process stuck in a C call; only SIGKILL ends it.
 - slow {"ms": M}: every forward pass (predictions and the health probe) takes M ms more.
+- stall {"seconds": S}: every forward pass blocks for S seconds, while the HTTP threads
+  keep answering (/live, /ready at once): a worker that accepts work and makes no
+  progress, as one stuck in a native call that holds no lock the server needs. S = 0 ends
+  it, and releases the passes stalled at that moment too.
 - crash: the process exits at once with CRASH_EXIT_CODE, not MODEL_LOAD_ERROR (4), so a
   supervisor sees a crash, not "cannot start".
 """
@@ -29,6 +33,10 @@ assert CRASH_EXIT_CODE != ExitCode.MODEL_LOAD_ERROR
 PAGE = 4096
 LEAK_STEP_MB = 16
 LIMITS = {"mb": 65536, "seconds": 3600, "ms": 60000}
+KINDS = ("leak", "hang", "slow", "stall", "crash")
+NUMBER = {"leak": "mb", "hang": "seconds", "slow": "ms", "stall": "seconds"}
+# How often a stalled pass looks whether the stall was lifted.
+STALL_CHECK_S = 0.05
 
 
 class Faults:
@@ -39,6 +47,7 @@ class Faults:
         self._leaked: list[bytearray] = []
         self._hang_until = 0.0
         self._slow_s = 0.0
+        self._stall_s = 0.0
         self._lock = threading.Lock()
 
     @property
@@ -59,15 +68,16 @@ class Faults:
         def run(texts: list[str]) -> T:
             if self._slow_s > 0:
                 time.sleep(self._slow_s)
+            self._stall()
             return predict(texts)
 
         return run
 
     def inject(self, body: Any) -> dict[str, Any]:
         """Apply one fault from a request body; raise BadRequest naming what was wrong."""
-        if not isinstance(body, dict) or body.get("kind") not in ("leak", "hang", "slow", "crash"):
+        if not isinstance(body, dict) or body.get("kind") not in KINDS:
             raise BadRequest(
-                'body must be {"kind": "leak"|"hang"|"slow"|"crash", ...}, e.g. '
+                'body must be {"kind": "leak"|"hang"|"slow"|"stall"|"crash", ...}, e.g. '
                 '{"kind": "leak", "mb": 100}'
             )
         kind = body["kind"]
@@ -76,7 +86,7 @@ class Faults:
             # Let the answer leave first, then die without cleanup like a real crash.
             threading.Timer(0.05, os._exit, args=(CRASH_EXIT_CODE,)).start()
             return {"kind": kind, "exit_code": CRASH_EXIT_CODE}
-        key = {"leak": "mb", "hang": "seconds", "slow": "ms"}[kind]
+        key = NUMBER[kind]
         value = body.get(key)
         if (
             isinstance(value, bool)
@@ -89,10 +99,20 @@ class Faults:
                 self._leak(int(value))
             elif kind == "hang":
                 self._hang_until = time.monotonic() + float(value)
+            elif kind == "stall":
+                self._stall_s = float(value)
             else:
                 self._slow_s = float(value) / 1000.0
         self.log("fault_injected", kind=kind, **{key: value}, leaked_mb=self.leaked_mb)
         return {"kind": kind, key: value, "leaked_mb": self.leaked_mb}
+
+    def _stall(self) -> None:
+        """Block this pass for the injected stall, or until the stall is lifted."""
+        if self._stall_s <= 0:
+            return
+        until = time.monotonic() + self._stall_s
+        while self._stall_s > 0 and (left := until - time.monotonic()) > 0:
+            time.sleep(min(left, STALL_CHECK_S))
 
     def _leak(self, mb: int) -> None:
         # In 16 MB blocks with a GIL release between them: one huge write would stall the

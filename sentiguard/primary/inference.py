@@ -73,7 +73,8 @@ class PrimaryModel:
     `predict` may run in several threads at once (the batcher's lanes): the tokenizer,
     whose Rust core refuses concurrent calls ("Already borrowed"), runs under a lock, and
     the forward pass only reads the weights.
-    `name` is the model as configured; `version` is "<name>@<12 hex of the weights' sha256>".
+    `name` is the model as configured; `version` is "<name>@<12 hex of the weights' sha256>",
+    followed by "+int8" when `quantize` (the primary.quantize it was loaded with) is int8.
     """
 
     def __init__(
@@ -88,9 +89,11 @@ class PrimaryModel:
         long_text: str,
         max_batch: int,
         pipeline: Any = None,
+        quantize: str = "none",
     ) -> None:
         self.name = name
         self.version = version
+        self.quantize = quantize
         self.tokenizer = tokenizer
         self._forward = forward
         self._positive = positive

@@ -2,9 +2,10 @@
 
 Serves 127.0.0.1:(primary.base_port + I) (`sentiguard.runtime.endpoints`) from this very
 process (no wrapper, no child), so the pid supervisord reports is the pid that answers.
-The port opens first, answering /ready with 503 "loading"; then the heavy imports, the
-model, and the known-answer probe; only then /ready says 200. Start-up is logged in
-phases (imports vs model) with memory.
+The port opens first, answering /ready with 503 "loading" (and /live 200); then the
+heavy imports, the model, the known-answer probe, and the memory measure (the full-load
+batch on every lane: footprint.py); only then /ready says 200. Start-up is logged in
+phases (imports vs model) with memory; `worker_ready` carries the measure.
 
 Exit codes: 0 after SIGTERM/SIGINT (in-flight requests finish first, up to a deadline);
 4 (ExitCode.MODEL_LOAD_ERROR) when the model cannot load or fails its probe, after one
@@ -31,15 +32,19 @@ import threading
 import time
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from sentiguard import settings as settings_mod
 from sentiguard.errors import ExitCode, ModelLoadError, SettingsError
 from sentiguard.logs import exit_now, log_event
+from sentiguard.primary import footprint
 from sentiguard.primary.app import create_app
 from sentiguard.primary.source import FIX_RETRAIN, preflight, with_reload_override
 from sentiguard.primary.state import WorkerState, memory_mb
 from sentiguard.runtime import endpoints, trust
+
+if TYPE_CHECKING:
+    from sentiguard.primary.inference import PrimaryModel
 
 TICK_S = 0.5
 
@@ -158,6 +163,9 @@ class WorkerProcess:
             )
         if self._stop.is_set():
             return ExitCode.OK  # asked to stop while loading
+        self.state.footprint = self._measure_footprint(model)
+        if self._stop.is_set():
+            return ExitCode.OK
         self.state.ready = True
         self._log(
             "worker_ready",
@@ -174,8 +182,32 @@ class WorkerProcess:
             batch_lanes=self.state.batcher.lanes if self.state.batcher else None,
             torch_threads=self.settings.primary.torch_threads,
             **memory_mb(),
+            **_footprint_fields(self.state.footprint),
         )
         return None
+
+    def _measure_footprint(self, model: PrimaryModel) -> footprint.Footprint | None:
+        """Memory at rest and at full load (footprint.py); None, logged, if it failed:
+        the worker still serves, and the watchdog falls back to a configured limit."""
+        primary = self.settings.primary
+        assert self.state.batcher is not None
+        try:
+            return footprint.measure(
+                self.state.batcher,
+                getattr(model, "tokenizer", None),
+                primary.max_batch_size,
+                primary.sequence_length,
+            )
+        except Exception as e:
+            self._log(
+                "memory_measure_failed",
+                reason=f"{type(e).__name__}: {e}",
+                batch=primary.max_batch_size,
+                tokens=primary.sequence_length,
+                fix="lower primary.max_batch_size or primary.sequence_length if this is "
+                "out of memory; watchdog.memory_limit_mb = auto has no measure to follow",
+            )
+            return None
 
     def _load_failed(self, e: ModelLoadError) -> int:
         message = str(e)
@@ -204,6 +236,12 @@ class WorkerProcess:
         server.close()
         self._log("worker_stopped", unfinished=left)
         return ExitCode.OK
+
+
+def _footprint_fields(measured: footprint.Footprint | None) -> dict[str, object]:
+    if measured is None:
+        return {"memory": None}
+    return {"memory": measured.as_json(), "memory_measure_ms": measured.measure_ms}
 
 
 def _process_start() -> float:

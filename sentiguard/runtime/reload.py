@@ -11,10 +11,14 @@ Files in `<run_dir>`:
   It is taken atomically (`take_reload_lock`): of two reloads started at once, exactly
   one runs; updates replace it whole (`write_reload_lock`).
 
-For each worker, never two at once: wait until the other workers are ready (so someone
-serves while this one is down), drain it at the gateway, wait for its in-flight requests,
-stop and start it through supervisord, wait until `/ready` passes from the new process
-(with the same model_version as the first reloaded worker), undrain. If a worker dies on
+For each worker, never two at once: wait until the other workers are ready and every
+gateway process routes to them (so someone serves while this one is down: each gateway
+process learns readiness from its own poller, `drain.GatewayLink.wait_routable`), drain it
+at every gateway, wait for its in-flight requests, stop and start it through supervisord,
+wait until `/ready` passes from the new process (with the same model_version as the first
+reloaded worker) and every gateway process sees it ready, undrain. A worker that passes
+`/ready` but that a gateway does not route to in time stops the reload before the next
+worker is taken away (that gateway would have only the fallback). If a worker dies on
 the new model, the previous model is restored and that worker restarted on it; if
 it is still loading when the wait ends, it is left loading (killing it would only start
 the slow load again). Either way the reload stops and the remaining workers keep serving
@@ -30,7 +34,7 @@ import os
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +45,7 @@ from sentiguard.logs import EventLog
 from sentiguard.runtime.endpoints import worker_port
 from sentiguard.runtime.paths import RunDir, write_atomic
 from sentiguard.settings import ROOT, Settings
-from sentiguard.watchdog.drain import GatewayLink
+from sentiguard.watchdog.drain import ROUTABLE_TIMEOUT_S, GatewayLink
 from sentiguard.watchdog.policy import START_CAP_FACTOR
 from sentiguard.watchdog.probe import probe_ready
 from sentiguard.watchdog.recycle import Recycler, StartOutcome
@@ -148,15 +152,26 @@ class Reload:
         self.stop = threading.Event()
         self.supervisor = SupervisorClient(settings)
         self.gateway = GatewayLink(settings, log)
-        self.recycler = Recycler(settings, self.supervisor, self.stop)
+        self.recycler = Recycler(settings, self.supervisor, self.stop, gateway=self.gateway)
         # An operator is watching and a slow load is not a failure: wait as long as the
         # watchdog lets a start that is still making progress run.
         self.start_timeout_s = settings.watchdog.start_timeout_s * START_CAP_FACTOR
         self.drain_timeout_s = settings.watchdog.drain_timeout_s
+        # Two watchdog rounds (each within an interval, twice as often when probing) and
+        # room for a slow one.
+        self.catch_up_s = 4 * settings.watchdog.interval_s + 2.0
         self.version: str | None = None
+        self.lock_changed_at: float | None = None
 
     def lock(self, worker: str | None, drain: bool) -> None:
         write_reload_lock(self.settings, ReloadLock(os.getpid(), self.model, worker, drain))
+        self.lock_changed_at = time.monotonic()
+
+    def watchdog_caught_up(self) -> None:
+        """Wait until no watchdog report built from the lock before its last change can
+        still arrive (it would undo our last drain or undrain at the gateways)."""
+        if self.lock_changed_at is not None:
+            self.gateway.wait_watchdog_caught_up(self.lock_changed_at, self.stop, self.catch_up_s)
 
     def body(self, name: str, drain: bool, pid: int | None) -> dict[str, Any]:
         # Only what reload knows; the gateway keeps the watchdog's memory and restarts.
@@ -179,6 +194,17 @@ class Reload:
                 time.sleep(0.2)
         return waiting
 
+    def wait_others_routed(self, name: str, names: list[str]) -> list[str]:
+        """Wait until every gateway routes to the other workers (ready, undrained, breaker
+        not open); returns what each gateway that did not said."""
+        deadline = time.monotonic() + ROUTABLE_TIMEOUT_S
+        waiting: list[str] = []
+        for other in (n for n in names if n != name):
+            left = max(0.0, deadline - time.monotonic())
+            routed = self.gateway.wait_routable(other, None, self.stop, left, undrained=True)
+            waiting += [f"{other} at {gateway}" for gateway in routed.waiting]
+        return waiting
+
     def one(self, name: str, index: int, names: list[str]) -> StartOutcome:
         step = f"[{index}/{len(names)}] {name}"
         missing = self.wait_others_ready(name, names)
@@ -187,12 +213,28 @@ class Reload:
                 f"{step}: {', '.join(missing)} not ready after {self.start_timeout_s:.0f}s; "
                 f"going on (the fallback answers while {name} restarts)"
             )
+        else:
+            self.watchdog_caught_up()
+            unrouted = self.wait_others_routed(name, names)
+            if unrouted:
+                _say(
+                    f"{step}: not routed after {ROUTABLE_TIMEOUT_S:.1f}s: "
+                    f"{'; '.join(unrouted)}; going on (the fallback answers there while "
+                    f"{name} restarts)"
+                )
         old = self.supervisor.info(name)
         old_version = probe_ready(worker_port(self.settings, name), 1.0).model_version
         self.lock(name, drain=True)
         in_flight, waited = self.gateway.drain_and_wait(
             name, lambda: self.body(name, True, old.pid), self.drain_timeout_s, self.stop
         )
+        # A watchdog report built before the lock said so may undrain it again: once it
+        # cannot any more, drain again and wait for what it let through.
+        self.watchdog_caught_up()
+        in_flight, again = self.gateway.drain_and_wait(
+            name, lambda: self.body(name, True, old.pid), self.drain_timeout_s, self.stop
+        )
+        waited = round(waited + again, 2)
         gateway = "gateway away" if in_flight is None else f"{in_flight} in flight"
         _say(f"{step}: drained in {waited:.1f}s ({gateway}); restarting pid {old.pid}")
         self.recycler.take_down(name, old.pid, hung=False)
@@ -206,6 +248,9 @@ class Reload:
             model_version=outcome.model_version,
             outcome=outcome.why,
             waited_s=outcome.waited_s,
+            # How the gateways' routing was confirmed: "views", "lag", "no_gateway".
+            routed=None if outcome.routed is None else outcome.routed.how,
+            unrouted=None if outcome.routed is None else list(outcome.routed.waiting),
             action="undrain" if outcome.ready else "abort",
         )
         if not outcome.ready:
@@ -222,6 +267,13 @@ class Reload:
             f"{step}: ready in {outcome.waited_s:.1f}s, pid {outcome.pid}, "
             f"model_version {old_version} -> {outcome.model_version}{same}"
         )
+        routed = outcome.routed
+        if routed is not None and not routed.ok:
+            _say(
+                f"{step}: the gateway does not route to {name} after {routed.waited_s:.1f}s: "
+                f"{'; '.join(routed.waiting)}"
+            )
+            return replace(outcome, why="unrouted")
         return outcome
 
     def run(self) -> int:
@@ -238,6 +290,18 @@ class Reload:
             if outcome.ready:
                 continue
             later = ", ".join(names[index:]) or "none"
+            if outcome.why == "unrouted":
+                if index == len(names):
+                    continue  # nothing more is taken away: it serves where it is routed
+                # Taking the next worker away now would leave that gateway process only
+                # the fallback. The worker serves the new model; the others the old one.
+                _say(
+                    f"reload: stopped; {name} serves {self.model}, but not every gateway "
+                    f"process routes to it. Not moved: {later}. Hint: check `sentiguard "
+                    f"status` (breaker, ready) and the gateway's log (gateway_I.log in the "
+                    f"log directory), then run the same `sentiguard reload` again."
+                )
+                return ExitCode.ERROR
             if outcome.why == "timeout":
                 # Alive and still loading the new model: killing it would only start the
                 # slow load again. The watchdog takes it over when the lock goes.
@@ -262,6 +326,7 @@ class Reload:
                 self.recycler.take_down(name, 0, hung=False)
                 self.supervisor.start(name)
             return ExitCode.ERROR
+        self.watchdog_caught_up()  # its reports say what we did before `up` sees us gone
         _say(f"reload: done, every worker serves model_version {self.version}")
         return ExitCode.OK
 

@@ -42,6 +42,9 @@ __all__ = [
 ]  # fmt: skip
 
 CONFIG_ENV = "SENTIGUARD_CONFIG"
+# SENTIGUARD_* variables that are not settings: the config file, and the developer cache of
+# the base-size stand-in model (sentiguard.training.standin), which no service reads.
+NOT_SETTINGS = frozenset({CONFIG_ENV, "SENTIGUARD_STANDIN_DIR"})
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ class Setting:
         return env_name(self.section, self.key)
 
     @property
-    def kind(self) -> type:
+    def kind(self) -> Any:
         """The number type of an `int | str` setting (a number or a word such as "auto")."""
         args = typing.get_args(self.type)
         return next((a for a in args if a is not str), str) if args else self.type
@@ -200,7 +203,7 @@ def load(
                 sources[name] = str(path)
         known_env = {s.env: s for s in SETTINGS}
         for var, raw in environ.items():
-            if not var.startswith(ENV_PREFIX) or var == CONFIG_ENV:
+            if not var.startswith(ENV_PREFIX) or var in NOT_SETTINGS:
                 continue
             setting = known_env.get(var)
             if setting is None:

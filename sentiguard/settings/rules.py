@@ -60,6 +60,12 @@ def problems(settings: Settings) -> list[Problem]:
             f"overload would queue instead of being shed",
             f"set gateway.threads above {capacity}",
         )
+    if gateway.min_deadline_ms > gateway.deadline_ms:
+        fail(
+            f"gateway.min_deadline_ms {gateway.min_deadline_ms} is above gateway.deadline_ms "
+            f"{gateway.deadline_ms}: every X-Deadline-Ms would be refused",
+            "set min_deadline_ms at or below deadline_ms",
+        )
     if gateway.processes > gateway.max_in_flight_per_worker:
         warn(
             f"gateway.processes {gateway.processes} > gateway.max_in_flight_per_worker "
@@ -74,10 +80,15 @@ def problems(settings: Settings) -> list[Problem]:
             "watchdog.memory_critical_mb is not above watchdog.memory_limit_mb",
             "set memory_critical_mb higher than memory_limit_mb",
         )
-    if watchdog.probe_budget_ms > watchdog.probe_timeout_ms:
+    # probe_budget_ms may exceed probe_timeout_ms: the known-answer check waits up to two
+    # budgets (watchdog/policy.py), and probe_timeout_ms bounds only GET /live.
+    hang_floor_ms = watchdog.progress_floor_s * 1000
+    if hang_floor_ms < watchdog.probe_timeout_ms * watchdog.probe_failures:
         warn(
-            "watchdog.probe_budget_ms exceeds probe_timeout_ms: the budget never applies",
-            "set probe_budget_ms at or below probe_timeout_ms",
+            f"watchdog.progress_floor_s {watchdog.progress_floor_s:g} is shorter than "
+            f"probe_failures x probe_timeout_ms: a worker without a measured batch may be "
+            f"called hung before one /live miss would count",
+            "raise progress_floor_s to at least probe_failures x probe_timeout_ms / 1000",
         )
     public = public_bind_problem(gateway)
     if public is not None:

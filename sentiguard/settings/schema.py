@@ -100,12 +100,33 @@ class Gateway:
         "Clients may ask for less with X-Deadline-Ms.",
         positive,
     )
+    min_deadline_ms: int = setting(
+        50,
+        "Shortest deadline a client may ask for with X-Deadline-Ms; below it the request "
+        "gets 400 bad_deadline naming this floor. A deadline shorter than any answer "
+        "could take only turns work into timeouts.",
+        positive,
+    )
     max_in_flight_per_worker: int = setting(
         8,
-        "Requests sent to one primary worker at once, by the whole service; more go to "
+        "Ceiling of the requests sent to one primary worker at once, by the whole service; "
+        "below it gateway.admission learns each worker's limit while it serves. More go to "
         "another worker or, when none has room, to the fallback (reason 'overloaded'). "
         "Each gateway process gets its share (8 over 2 processes: 4 each).",
         positive,
+    )
+    admission: str = setting(
+        "aimd",
+        "How each worker's concurrency limit (its `capacity` in /status) is learnt below "
+        "max_in_flight_per_worker: aimd (+1 while answers come within half the deadline, "
+        "x0.9 on a timeout or a slower answer), gradient (Netflix Gradient2: shrinks as "
+        "latency rises above 1.5x its long-run average) or fixed (always the ceiling). "
+        "bench/admission.py measures them side by side: with the embedded model slowed "
+        "150 ms a pass all three sat at the ceiling (36-41 primary answers/s at 16 "
+        "clients); with the base-size stand-in at 16 clients gradient read batching's "
+        "latency as queueing and fell to 3-4 a worker, aimd held 6-7 and kept its rate "
+        "(a busy shared 2-core machine: run bench/admission.py on yours).",
+        one_of("aimd", "gradient", "fixed"),
     )
     fallback_capacity: int = setting(
         64,
@@ -228,6 +249,17 @@ class Primary:
         "one lane of two on two cores (primary/batcher.py).",
         positive,
     )
+    quantize: str = setting(
+        "int8",
+        "Arithmetic of the model's Linear layers: int8 (torch dynamic quantisation, "
+        "applied at load, before the known-answer probe; model_version then ends in "
+        "+int8) or none (float32). Base-size StructBERT, one thread, batches of 16 "
+        "reviews: int8 ran 1.65x the float32 rate on a quiet machine (1.2-3.2x in noisy "
+        "runs; bench/int8.py measures 1 and 16 clients). Embedded model, held-out split: "
+        "accuracy 0.8335 int8 vs 0.8318 float32, largest probability change 0.015. Use "
+        "none to serve exact float32 answers.",
+        one_of("none", "int8"),
+    )
     server_threads: int = setting(
         32,
         "HTTP threads of each worker.",
@@ -266,11 +298,7 @@ class Fallback:
 class Watchdog:
     """[watchdog] memory, hang and crash checks of the workers."""
 
-    interval_s: float = setting(
-        1.0,
-        "Seconds between two rounds of checks.",
-        positive,
-    )
+    interval_s: float = setting(1.0, "Seconds between two rounds of checks.", positive)
     memory_limit_mb: int | str = setting(
         "auto",
         "A worker whose process tree uses more (USS, else RSS) for memory_samples "
@@ -286,50 +314,42 @@ class Watchdog:
         "1.5 x memory_limit_mb. A number (MB) overrides it.",
         mb_or_auto,
     )
-    memory_samples: int = setting(
-        3,
-        "Consecutive samples over the limit before a recycle.",
-        positive,
-    )
+    memory_samples: int = setting(3, "Samples over the limit in a row that recycle.", positive)
     probe_timeout_ms: int = setting(
-        1000,
-        "A /health probe slower than this has failed.",
-        positive,
+        1000, "A GET /live (liveness, every round) unanswered this long is a miss.", positive
     )
     probe_budget_ms: int = setting(
         500,
-        "Latency budget of the known-answer probe; slower counts as a miss.",
+        "Least budget of the known-answer check (GET /health); the budget is the larger of "
+        "this and 3 x the worker's longest recent batch. Slower counts as slow.",
         positive,
     )
     probe_failures: int = setting(
         3,
-        "Failed probes in a row that mean 'hung'.",
+        "Misses in a row that mean hung (no answer, wrong answer) or, for slow known-answer "
+        "checks, a recycle (never of the last ready worker).",
         positive,
+    )
+    check_interval_s: float = setting(10.0, "Seconds between known-answer checks.", positive)
+    progress_floor_s: float = setting(
+        10.0,
+        "A worker with work that finishes no batch for max(progress_floor_s, progress_factor "
+        "x its longest recent batch) is hung. The floor covers one without a measured batch.",
+        positive,
+    )
+    progress_factor: float = setting(
+        4.0, "See progress_floor_s: the hang window in the worker's longest batches.", positive
     )
     drain_timeout_s: float = setting(
-        3.0,
-        "How long a drained worker may finish in-flight requests before it is stopped.",
-        non_negative,
+        3.0, "How long a drained worker may finish in-flight requests, then stops.", non_negative
     )
     start_timeout_s: float = setting(
-        60.0,
-        "How long a restarted worker may take to become ready before it counts as failed.",
-        positive,
+        60.0, "How long a restarted worker may take to become ready before it fails.", positive
     )
-    backoff_initial_s: float = setting(
-        1.0,
-        "First wait before restarting a crashed worker.",
-        non_negative,
-    )
-    backoff_max_s: float = setting(
-        30.0,
-        "Cap of the exponential restart backoff.",
-        positive,
-    )
+    backoff_initial_s: float = setting(1.0, "First wait to restart a crashed worker.", non_negative)
+    backoff_max_s: float = setting(30.0, "Cap of the exponential restart backoff.", positive)
     park_retry_s: float = setting(
-        300.0,
-        "A worker that cannot start (bad model) is parked and retried this rarely.",
-        positive,
+        300.0, "A worker that cannot start (bad model) is parked, retried this rarely.", positive
     )
 
 

@@ -83,7 +83,9 @@ class WorkerActions:
     def recycle(self, rec: WorkerRecord, d: Decision) -> None:
         """Drain, stop (or kill, when hung), start, wait ready, undrain."""
         hung = d.action is Action.KILL
-        cause = Cause.HANG if hung else Cause.MEMORY
+        # A worker too slow to pass its known-answer check counts with the hangs: it is
+        # liveness, not memory, that failed (restarts keep their four causes).
+        cause = Cause.HANG if hung or d.reason == "slow_check" else Cause.MEMORY
         self.decisions.decide(rec, "recycle", d.reason, d.action.value, **d.fields)
         rec.enter(Phase.RECYCLING, self.clock(), d.reason)
         rec.down_at = self.clock()
@@ -94,7 +96,7 @@ class WorkerActions:
             # A hung worker will not finish anything in flight: do not wait for it.
             in_flight, waited = self.gateway.drain_and_wait(
                 rec.name,
-                lambda: worker_report(rec),
+                lambda: worker_report(rec, None, self.policy.memory_limits(rec)),
                 0.0 if hung else self.drain_timeout_s,
                 self.stop,
             )
@@ -238,7 +240,8 @@ class WorkerActions:
                 rec.down_at = None
         if outcome.ready:
             with self.report_lock:  # after any report built while it was still draining
-                self.gateway.put_worker(rec.name, worker_report(rec))  # undrain at once
+                body = worker_report(rec, None, self.policy.memory_limits(rec))
+                self.gateway.put_worker(rec.name, body)  # undrain at once
             self.decisions.decide(
                 rec,
                 "ready",

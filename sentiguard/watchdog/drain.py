@@ -17,6 +17,14 @@ a gateway process was reached once, a missing, refusing or silent socket is not 
 (`up` writes it before anything starts), and so is any failure after the first contact. A
 gateway that timed out is skipped for `SKIP_AFTER_TIMEOUT_S`, so one stopped process cannot
 slow every round by a timeout per request.
+
+Each gateway process learns a worker's readiness from its own poller, not from us, so a
+worker that answers `/ready` is not yet one every gateway routes to. Before a recycle or a
+reload takes the next worker away, `wait_routable` waits until every gateway process that
+answers says it routes to this one: `GET /control/workers/<name>` shows `ready` with the
+new `pid` and a breaker that is not open (and, with `undrained=True`, no drain). A gateway
+whose answer does not carry `ready` (an older control app) cannot say: then the wait is
+the time its poller needs to see any change, `ROUTING_LAG_S`.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sentiguard.gateway.readiness import POLL_INTERVAL_S, POLL_TIMEOUT_S
 from sentiguard.runtime.control import ControlClient
 from sentiguard.runtime.paths import RunDir
 from sentiguard.runtime.supervisord import gateway_process_name
@@ -37,6 +46,45 @@ from sentiguard.settings import Settings
 Body = dict[str, Any]
 LogEvent = Callable[..., None]  # log(event, **fields): an EventLog, or the DecisionLog
 SKIP_AFTER_TIMEOUT_S = 2.0
+# A gateway's poller asks every POLL_INTERVAL_S and waits at most POLL_TIMEOUT_S: it has
+# seen a change by then (one slow poll late, at worst).
+ROUTING_LAG_S = POLL_INTERVAL_S + POLL_TIMEOUT_S
+# How long `wait_routable` waits by default: several polls, each of them slow.
+ROUTABLE_TIMEOUT_S = 5 * ROUTING_LAG_S
+
+
+@dataclass(frozen=True)
+class Routable:
+    """How `wait_routable` ended: `ok` when every gateway that answered routes to the worker.
+
+    `waiting` names the gateway processes that still did not when the wait ended (each with
+    what it said); `how` is "views" (they said so), "lag" (they could not say: we waited
+    `ROUTING_LAG_S`), "no_gateway" (none answered: nothing to wait for) or "stopped".
+    """
+
+    ok: bool
+    waited_s: float
+    how: str
+    waiting: tuple[str, ...] = ()
+
+
+def routes_to(view: Any, pid: int | None, undrained: bool) -> bool | None:
+    """Whether one gateway's view of a worker says it routes there; None: it cannot say."""
+    if not isinstance(view, dict) or "ready" not in view:
+        return None
+    return (
+        view.get("ready") is True
+        and (pid is None or view.get("pid") == pid)
+        and view.get("breaker") != "open"
+        and not (undrained and view.get("drain"))
+    )
+
+
+def describe(view: Any) -> str:
+    if not isinstance(view, dict):
+        return "no answer"
+    keys = ("ready", "pid", "breaker", "drain")
+    return ", ".join(f"{k} {view.get(k)}" for k in keys if k in view)
 
 
 @dataclass
@@ -122,8 +170,95 @@ class GatewayLink:
     def request(self, method: str, path: str, body: Body) -> list[Any]:
         """One control request to every gateway process; the answers of those that
         answered (a once-only log line for each that is away)."""
-        answers = (self._one(e, method, path, body) for e in self.endpoints)
-        return [a for a in answers if a is not None]
+        return list(self.request_each(method, path, body).values())
+
+    def request_each(self, method: str, path: str, body: Body | None = None) -> dict[str, Any]:
+        """Like `request`, by gateway process name (`gateway_I`), for those that answered."""
+        answers = {e.name: self._one(e, method, path, body or {}) for e in self.endpoints}
+        return {name: a for name, a in answers.items() if a is not None}
+
+    def watchdog_report_times(self) -> list[float]:
+        """When (time.monotonic(), to ~0.1 s) each answering gateway last got the
+        watchdog's summary (`GET /control/local`); gateways without one are left out."""
+        views = self.request_each("GET", "/control/local")
+        now = time.monotonic()
+        times = []
+        for view in views.values():
+            watchdog = view.get("watchdog") if isinstance(view, dict) else None
+            if not isinstance(watchdog, dict) or watchdog.get("stale"):
+                continue
+            age = watchdog.get("last_report_age_s")
+            if isinstance(age, int | float):
+                times.append(now - float(age))
+        return times
+
+    def wait_watchdog_caught_up(
+        self, since: float, stop: threading.Event, timeout_s: float, poll_s: float = 0.1
+    ) -> bool:
+        """Wait until the watchdog finished a round that began after `since` (monotonic).
+
+        The watchdog reads `reload.lock` at the start of a round and sends its reports at
+        the end: a round under way when the lock changed can still send the old drain flag
+        (measured: a reload's undrain of primary_0 overtaken 50 ms later by such a report,
+        while primary_1 was drained: both away, 97 answers from the fallback). Its rounds
+        run one after another and each ends with a summary to every gateway, so the second
+        summary after `since` closes a round that read the lock after it. True when seen,
+        or when no gateway has a live watchdog report (nobody sends stale ones); False at
+        `timeout_s`.
+        """
+        deadline = time.monotonic() + timeout_s
+        seen: list[float] = []
+        while True:
+            times = self.watchdog_report_times()
+            if not times:
+                return True
+            latest = max(times)
+            # Ages come rounded to 0.1 s: a summary counts once it is clearly after.
+            if latest > since + 0.1 and (not seen or latest > seen[-1] + 0.2):
+                seen.append(latest)
+            if len(seen) >= 2:
+                return True
+            if time.monotonic() >= deadline or stop.wait(poll_s):
+                return False
+
+    def wait_routable(
+        self,
+        name: str,
+        pid: int | None,
+        stop: threading.Event,
+        timeout_s: float | None = None,
+        undrained: bool = False,
+        poll_s: float = 0.1,
+    ) -> Routable:
+        """Wait until every gateway process that answers routes to `name` (process `pid`,
+        when given): ready, breaker not open, and with `undrained`, not drained; at most
+        `timeout_s` (default `ROUTABLE_TIMEOUT_S`).
+
+        Call it before taking another worker away: until then, a gateway that has not seen
+        this one come back would send that worker's share to the fallback. Never waits on
+        a gateway that does not answer (it routes nothing, or will learn on its own).
+        """
+        started = time.monotonic()
+        deadline = started + (ROUTABLE_TIMEOUT_S if timeout_s is None else timeout_s)
+        while True:
+            waited = round(time.monotonic() - started, 2)
+            views = self.request_each("GET", f"/control/workers/{name}")
+            if not views:
+                return Routable(True, waited, "no_gateway")
+            said = {gw: routes_to(view, pid, undrained) for gw, view in views.items()}
+            waiting = tuple(
+                f"{gw} ({describe(views[gw])})" for gw, ok in said.items() if ok is False
+            )
+            if not waiting:
+                if None not in said.values():
+                    return Routable(True, waited, "views")
+                # Some cannot tell us: give their pollers the time they need to see it.
+                stop.wait(max(0.0, started + ROUTING_LAG_S - time.monotonic()))
+                return Routable(True, round(time.monotonic() - started, 2), "lag")
+            if time.monotonic() >= deadline:
+                return Routable(False, waited, "views", waiting)
+            if stop.wait(poll_s):
+                return Routable(False, waited, "stopped", waiting)
 
     def put_worker(self, name: str, body: Body) -> int | None:
         """Report one worker to every gateway; returns the sum of their `in_flight` for it,

@@ -27,7 +27,16 @@ from sentiguard.watchdog.actions import WorkerActions
 from sentiguard.watchdog.decisions import DecisionLog
 from sentiguard.watchdog.drain import GatewayLink
 from sentiguard.watchdog.policy import Policy
-from sentiguard.watchdog.probe import ProbePool, ProbeResult, Readiness, probe_health, probe_ready
+from sentiguard.watchdog.probe import (
+    Kind,
+    LiveResult,
+    ProbePool,
+    ProbeResult,
+    Readiness,
+    probe_health,
+    probe_live,
+    probe_ready,
+)
 from sentiguard.watchdog.recycle import Recycler
 from sentiguard.watchdog.supervisor_client import SupervisorClient
 from sentiguard.watchdog.watch import Watch
@@ -53,6 +62,7 @@ class Watchdog:
         decisions: DecisionLog | None = None,
         sample: Callable[[int], memory.MemorySample | None] = memory.sample,
         health: Callable[[int, float], ProbeResult] = probe_health,
+        live: Callable[[int, float], LiveResult] = probe_live,
         ready: Callable[[int, float], Readiness] = probe_ready,
         kill: Callable[[int], list[int]] = memory.kill_tree,
         cpu: Callable[[int], float | None] = memory.cpu_seconds,
@@ -69,8 +79,7 @@ class Watchdog:
         records_lock = threading.RLock()
         report_lock = threading.Lock()
         self.probes = ProbePool(
-            health,
-            w.probe_timeout_ms / 1000,
+            {Kind.LIVE: live, Kind.CHECK: health},
             settings.primary.workers,
             clock=clock,
             on_timeout=self.wake.set,
@@ -79,7 +88,11 @@ class Watchdog:
         self.actions = WorkerActions(
             self.policy,
             supervisor,
-            Recycler(settings, supervisor, self.stop_event, kill=kill, ready_probe=ready),
+            # With the gateway link, a restarted worker counts as ready once every gateway
+            # process routes to it, so the next recycle never leaves a gateway none.
+            Recycler(
+                settings, supervisor, self.stop_event, kill=kill, ready_probe=ready, gateway=gateway
+            ),
             gateway,
             self.decisions,
             self.probes,
@@ -111,7 +124,7 @@ class Watchdog:
             last_full = time.monotonic()
             self._safe_round(full=True)
             while not self.stop_event.is_set():
-                # Probe rounds come twice an interval, and a timed-out probe wakes us at
+                # Probe rounds come twice an interval, and a timed-out /live wakes us at
                 # once, so a hang is seen about probe_failures x probe_timeout after it
                 # starts, not that plus up to two intervals. Memory is sampled once an
                 # interval (full rounds), so memory_samples keeps its meaning.

@@ -2,8 +2,16 @@
 
 A recycle is: drain at the gateway (`drain.GatewayLink`), take the worker down (a
 graceful supervisord stop, or SIGKILL of the whole tree when it is hung), start it through
-supervisord, wait until its `/ready` passes, undrain. The callers own the sequencing and
-the logging; these functions only do one step each and report what happened.
+supervisord, wait until its `/ready` passes and every gateway process routes to it again,
+undrain. The callers own the sequencing and the logging; these functions only do one step
+each and report what happened.
+
+Why the wait for the gateways: each gateway process learns readiness from its own poller,
+up to `drain.ROUTING_LAG_S` after the worker's `/ready` passed. A caller that takes the
+next worker away before then (a reload moving on, the watchdog recycling the other one)
+leaves that gateway no worker at all for a moment: measured, 32 of 3,277 answers from the
+fallback (`primary_down`) in one reload under 4 clients, all in the 0.1 s after the first
+worker's undrain.
 """
 
 from __future__ import annotations
@@ -12,12 +20,13 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sentiguard.runtime.endpoints import worker_port
 from sentiguard.runtime.memory import kill_tree
 from sentiguard.settings import Settings
+from sentiguard.watchdog.drain import GatewayLink, Routable
 from sentiguard.watchdog.probe import Readiness, probe_ready
 from sentiguard.watchdog.supervisor_client import (
     ProcessState,
@@ -32,7 +41,9 @@ class StartOutcome:
 
     `why` is "ready", "exited" (the process died: see `exitstatus`), "stopped" (someone
     stopped it), "timeout" (alive but not ready in time) or "shutdown" (the waiter was
-    asked to stop).
+    asked to stop). When ready and the recycler has a gateway link, `routed` says whether
+    every gateway process routes to it (`GatewayLink.wait_routable`); `waited_s` includes
+    that wait.
     """
 
     why: str
@@ -40,6 +51,7 @@ class StartOutcome:
     exitstatus: int = 0
     model_version: str | None = None
     waited_s: float = 0.0
+    routed: Routable | None = None
 
     @property
     def ready(self) -> bool:
@@ -58,6 +70,7 @@ class Recycler:
         kill: Callable[[int], list[int]] = kill_tree,
         ready_probe: Callable[[int, float], Readiness] = probe_ready,
         poll_s: float = 0.2,
+        gateway: GatewayLink | None = None,
     ) -> None:
         self.settings = settings
         self.supervisor = supervisor
@@ -65,6 +78,7 @@ class Recycler:
         self.kill = kill
         self.ready_probe = ready_probe
         self.poll_s = poll_s
+        self.gateway = gateway  # None: "ready" means the worker's /ready alone
 
     def take_down(self, name: str, pid: int, hung: bool) -> list[int]:
         """Stop the worker; when hung, SIGKILL its tree first. Returns the pids killed.
@@ -119,13 +133,21 @@ class Recycler:
                     same_process = r.pid is None or r.pid == info.pid
                     right_model = want_version is None or r.model_version == want_version
                     if r.ready and same_process and right_model:
-                        return StartOutcome(
-                            "ready", pid, model_version=r.model_version, waited_s=waited
+                        return self._routed(
+                            name, StartOutcome("ready", pid, model_version=r.model_version), started
                         )
             if time.monotonic() >= deadline:
                 return StartOutcome("timeout", pid, waited_s=waited)
             if self.stop_event.wait(self.poll_s):
                 return StartOutcome("shutdown", pid, waited_s=waited)
+
+    def _routed(self, name: str, outcome: StartOutcome, started: float) -> StartOutcome:
+        """`outcome` (ready) once every gateway routes to it, or said it does not in time."""
+        routed = None
+        if self.gateway is not None:
+            routed = self.gateway.wait_routable(name, outcome.pid, self.stop_event)
+        waited = round(time.monotonic() - started, 2)
+        return replace(outcome, waited_s=waited, routed=routed)
 
 
 def load_failure(log_tail: str) -> dict[str, Any]:

@@ -12,22 +12,27 @@ from typing import Any
 
 from sentiguard.runtime.reload import ReloadLock
 from sentiguard.watchdog.decisions import DecisionLog
+from sentiguard.watchdog.limits import MemoryLimits
 from sentiguard.watchdog.policy import Cause, Phase, Policy, WorkerRecord
 
 Body = dict[str, Any]
 
 
-def worker_report(rec: WorkerRecord, lock: ReloadLock | None = None) -> Body:
+def worker_report(
+    rec: WorkerRecord, lock: ReloadLock | None = None, limits: MemoryLimits | None = None
+) -> Body:
     """The PUT /control/workers/<name> body for one worker.
 
     A worker is drained while the watchdog recycles it, and the worker a reload is moving
     is drained as its `reload.lock` says: the reload, not us, owns that flag then.
+    `limits` (from `Policy.memory_limits`) adds the worker's own memory limit and one
+    line saying how it was derived.
     """
     sample = rec.memory
     drain = rec.phase is Phase.RECYCLING
     if lock is not None and lock.worker == rec.name:
         drain = lock.drain
-    return {
+    body: Body = {
         "drain": drain,
         "state": rec.phase.value,
         "reason": rec.reason,
@@ -37,9 +42,21 @@ def worker_report(rec: WorkerRecord, lock: ReloadLock | None = None) -> Body:
         "restarts": {c.value: rec.restarts[c.value] for c in Cause},
         "parked": rec.phase is Phase.PARKED,
     }
+    if limits is not None:
+        body["memory_limit_mb"] = limits.limit_mb
+        body["memory_critical_mb"] = limits.critical_mb
+        body["memory_limit_source"] = limits.source
+    return body
 
 
-def summary(policy: Policy, interval_s: float, decisions: DecisionLog) -> Body:
-    """The PUT /control/watchdog body: our pid, our limits and the last decisions."""
-    limits: dict[str, Any] = {**policy.limits(), "interval_s": interval_s}
+def summary(
+    policy: Policy,
+    interval_s: float,
+    decisions: DecisionLog,
+    records: list[WorkerRecord] | None = None,
+) -> Body:
+    """The PUT /control/watchdog body: our pid, our limits and the last decisions.
+
+    With "auto" memory limits, `limits` holds the largest derived over `records`."""
+    limits: dict[str, Any] = {**policy.limits(records), "interval_s": interval_s}
     return {"pid": os.getpid(), "limits": limits, "decisions": decisions.recent(10)}

@@ -4,8 +4,9 @@ A round:
 
 1. ask supervisord for every worker's state and pid (one XML-RPC call);
 2. for each worker: sample its process tree's memory (full rounds only); collect the
-   /health probe that finished since the last round and start the next one
-   (`probe.ProbePool`); feed the numbers to `Policy`; hand any recycle or start to
+   probes that finished since the last round and start the next ones (`probe.ProbePool`):
+   GET /live every round (liveness and progress), the known-answer GET /health when
+   `Policy.check_due`; feed the facts to `Policy`; hand any recycle or start to
    `WorkerActions`, whose thread owns the worker until it is ready again, while the loop
    keeps watching the others;
 3. report every worker and a summary to the gateway's control socket, and keep the
@@ -30,7 +31,7 @@ from sentiguard.watchdog.actions import WorkerActions
 from sentiguard.watchdog.decisions import DecisionLog
 from sentiguard.watchdog.drain import GatewayLink
 from sentiguard.watchdog.policy import Action, Cause, Decision, Phase, Policy, WorkerRecord
-from sentiguard.watchdog.probe import ProbePool
+from sentiguard.watchdog.probe import Kind, ProbePool
 from sentiguard.watchdog.reports import summary, worker_report
 from sentiguard.watchdog.supervisor_client import (
     ProcessInfo,
@@ -200,28 +201,23 @@ class Watch:
             self.actions.adopt(rec)
             return
         self.policy.on_ready_tick(rec, now)
-        decisions: list[Decision] = []
+        decisions: list[Decision | None] = []
+        others = [o for o in self.records.values() if o is not rec]
         if sample is not None:
-            others = [o for o in self.records.values() if o is not rec]
-            d = self.policy.on_memory(rec, sample, others)
-            if d:
-                decisions.append(d)
-        probed = self.probes.collect(rec.name, rec.pid)
-        if probed is not None:
-            d = self.policy.on_probe(rec, probed)
-            if d:
-                decisions.append(d)
-        for d in decisions:
-            if d.action is Action.KILL:  # a hang outranks memory: it serves nothing at all
-                decisions = [d]
-                break
-        for d in decisions[:1]:
+            decisions.append(self.policy.on_memory(rec, sample, others))
+        live = self.probes.collect(rec.name, rec.pid, Kind.LIVE)
+        if live is not None:
+            decisions.append(self.policy.on_live(rec, live, now))
+        checked = self.probes.collect(rec.name, rec.pid, Kind.CHECK)
+        if checked is not None:
+            decisions.append(self.policy.on_check(rec, checked, others, now))
+        found = [d for d in decisions if d is not None]
+        found.sort(key=lambda d: d.action is not Action.KILL)  # a hang serves nothing at all
+        for d in found[:1]:
             if d.action is Action.HOLD:
-                if not rec.held:
-                    self.decisions.decide(rec, "memory_hold", d.reason, d.action.value, **d.fields)
-                rec.held = True
+                self._hold(rec, d)
             elif lock is not None and d.action is not Action.KILL:
-                # A reload moves one worker at a time; a memory recycle now would make two.
+                # A reload moves one worker at a time; a recycle now would make two.
                 # A hung worker serves nothing, so killing it costs no capacity: not held.
                 if not rec.held:
                     self.decisions.decide(
@@ -231,7 +227,23 @@ class Watch:
             else:
                 self.actions.recycle(rec, d)
                 return
-        self.probes.start(rec.name, rec.port, rec.pid)
+        self.probes.start(
+            rec.name, rec.port, rec.pid, Kind.LIVE, self.policy.probe_timeout_ms / 1000
+        )
+        if self.policy.check_due(rec, now):
+            timeout_s = self.policy.check_timeout_s(rec)
+            self.probes.start(rec.name, rec.port, rec.pid, Kind.CHECK, timeout_s)
+
+    def _hold(self, rec: WorkerRecord, d: Decision) -> None:
+        """Log a hold once (memory or a slow check of the last ready worker), not each round."""
+        slow = d.reason == "slow_check"
+        if not (rec.check_held if slow else rec.held):
+            event = "slow_check_hold" if slow else "memory_hold"
+            self.decisions.decide(rec, event, d.reason, d.action.value, **d.fields)
+        if slow:
+            rec.check_held = True
+        else:
+            rec.held = True
 
     def _check_dead(self, rec: WorkerRecord, info: ProcessInfo, now: float) -> None:
         if rec.phase not in (Phase.BACKOFF, Phase.PARKED):
@@ -247,7 +259,10 @@ class Watch:
         # be overtaken by a report built before it (which would drain the worker again).
         with self.report_lock:
             with self.lock:
-                bodies = {n: worker_report(rec, lock) for n, rec in self.records.items()}
+                bodies = {
+                    n: worker_report(rec, lock, self.policy.memory_limits(rec))
+                    for n, rec in self.records.items()
+                }
             counts = {name: body["restarts"] for name, body in bodies.items()}
             if counts != self._saved and self._supervisord_pid is not None:
                 with contextlib.suppress(OSError):  # a nicety, never worth a crash
@@ -256,4 +271,8 @@ class Watch:
             for name, body in sorted(bodies.items()):
                 if self.gateway.put_worker(name, body) is None:
                     return  # the gateway is away; one timeout per round is enough
-            self.gateway.put_watchdog(summary(self.policy, self.interval_s, self.decisions))
+            with self.lock:
+                records = list(self.records.values())
+            self.gateway.put_watchdog(
+                summary(self.policy, self.interval_s, self.decisions, records)
+            )
