@@ -9,6 +9,7 @@ It prints numbers, never pass/fail.
     .venv/bin/python bench/chaos.py                      # every scenario, defaults
     .venv/bin/python bench/chaos.py --only kill,hang --kill-s 60
     .venv/bin/python bench/chaos.py --model /path/to/another/model --only kill
+    .venv/bin/python bench/chaos.py --model standin     # the base-size stand-in
     .venv/bin/python bench/chaos.py --json results.json
     .venv/bin/python bench/chaos.py --only hostile_body,flood --flood-connections 5000
 
@@ -137,12 +138,19 @@ def run(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
     unknown = set(only) - set(SCENARIOS)
     if unknown:
         raise SystemExit(f"unknown scenario(s) {sorted(unknown)}; choose from {SCENARIOS}")
-    overrides: dict[str, Any] = {
-        "watchdog.memory_limit_mb": args.memory_limit_mb,
-        "watchdog.memory_critical_mb": args.memory_limit_mb + 1000,
-    }
+    overrides: dict[str, Any] = {}
+    if args.memory_limit_mb is not None:
+        overrides["watchdog.memory_limit_mb"] = args.memory_limit_mb
+        overrides["watchdog.memory_critical_mb"] = args.memory_limit_mb + 1000
+    if args.model == "standin":
+        from sentiguard.training import standin
+
+        args.model = str(standin.ensure())
     if args.model:
         overrides["primary.model"] = args.model
+    for item in args.set:
+        name, _, value = item.partition("=")
+        overrides[name] = value
     if args.gateway_processes:
         overrides["gateway.processes"] = args.gateway_processes
     results = []
@@ -206,13 +214,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(SCENARIOS)}")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--model", help="primary model directory or hub id (default: embedded)")
+    parser.add_argument(
+        "--model", help="primary model directory, hub id or standin (default: embedded)"
+    )
     parser.add_argument("--kill-s", type=float, default=60.0, help="kill scenario length")
     parser.add_argument("--every-s", type=float, default=5.0, help="seconds between kills")
     parser.add_argument("--overload-s", type=float, default=30.0)
     parser.add_argument("--clients", type=int, default=64, help="overload clients")
     parser.add_argument("--broken-s", type=float, default=90.0, help="broken-model watch window")
-    parser.add_argument("--memory-limit-mb", type=int, default=chaos.LEAK_LIMIT_MB)
+    parser.add_argument(
+        "--memory-limit-mb", type=int, help="watchdog.memory_limit_mb (default: auto)"
+    )
     parser.add_argument("--gateway-clients", type=int, default=16, help="gateway_kill clients")
     parser.add_argument(
         "--gateway-kill-s", type=float, default=10.0, help="gateway_kill: load kept after the kill"
@@ -234,6 +246,13 @@ def main() -> int:
     parser.add_argument("--hold-clients", type=int, default=16, help="hold: clients after 4")
     parser.add_argument("--hold-s", type=float, default=40.0, help="hold: seconds at that load")
     parser.add_argument("--abuse-s", type=float, default=20.0, help="deadline_abuse: each phase")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="any setting for the service, e.g. gateway.max_in_flight_per_worker=16 (repeat)",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the summaries here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sentiguard-chaos-") as tmp:
