@@ -112,10 +112,8 @@ class Gateway:
         "Ceiling of the requests sent to one primary worker at once, by the whole service; "
         "below it gateway.admission learns each worker's limit while it serves. More go to "
         "another worker or, when none has room, to the fallback (reason 'overloaded'). "
-        "Each gateway process gets its share (16 over 2 processes: 8 each). 16: on the "
-        "base-size model 16 clients kept all 16 on the primary (104 answers/s, p99 246 ms, "
-        "bigger batches) where 8 sent the excess to the fallback, whose CPU cost the primary "
-        "18 % of its rate (bench/chaos.py --model standin --only hold).",
+        "Each gateway process gets its share (16 over 2: 8 each). 16 kept 16 base-size clients "
+        "on the primary (104 answers/s; 8 sent the excess to the fallback: 66/s).",
         positive,
     )
     admission: str = setting(
