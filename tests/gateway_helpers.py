@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -280,3 +281,21 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what or condition}")
         time.sleep(0.02)
+
+
+def assert_second_is_overloaded(app: Any, worker: FakeWorker) -> None:
+    """With `worker` held slow: a first /analyze reaches it; while it is there, a second is
+    answered by the fallback at once as `overloaded`; the first then gets the primary's."""
+    worker.mode, worker.delay_s = "slow", 10.0
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(_analyze, app)
+        wait_for(lambda: worker.in_flight == 1, what="first request at the worker")
+        body = _analyze(app).get_json()
+        assert (body["model"], body["reason"]) == ("fallback", "overloaded")
+        worker.release.set()
+        assert first.result().get_json()["model"] == "primary"
+    assert worker.max_in_flight == 1
+
+
+def _analyze(app: Any) -> Any:
+    return app.test_client().post("/analyze", json={"text": "这家店很好"})

@@ -9,12 +9,11 @@ time left, and shows each worker's learnt limit as `capacity` in /status and /me
 from __future__ import annotations
 
 import re
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sentiguard.gateway.breaker import TIMEOUT_FAILURES, BreakerState
 from sentiguard.gateway.siblings import merge
-from tests.gateway_helpers import gateway_with_workers, wait_for
+from tests.gateway_helpers import assert_second_is_overloaded, gateway_with_workers
 
 
 def analyze(app: Any, deadline_ms: int | None = None) -> Any:
@@ -112,15 +111,7 @@ def test_no_room_under_the_learnt_limit_is_overloaded_below_the_ceiling() -> Non
     with gateway_with_workers(1, **settings) as (app, gw, workers, _f, _l):
         worker = gw.state.pool.workers[0]
         worker.limiter._limit = 1.0  # as if it had learnt that one at a time is its capacity
-        workers[0].mode, workers[0].delay_s = "slow", 10.0
-        with ThreadPoolExecutor(1) as pool:
-            first = pool.submit(analyze, app)
-            wait_for(lambda: workers[0].in_flight == 1, what="first request at the worker")
-            body = analyze(app).get_json()
-            assert (body["model"], body["reason"]) == ("fallback", "overloaded")
-            workers[0].release.set()
-            assert first.result().get_json()["model"] == "primary"
-        assert workers[0].max_in_flight == 1
+        assert_second_is_overloaded(app, workers[0])
 
 
 def test_capacity_per_worker_in_status_and_metrics_follows_the_limit() -> None:

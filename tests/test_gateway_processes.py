@@ -172,7 +172,7 @@ class Served:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[Served, list[socket.socket]]]:
-    settings = make_settings(tmp_path, **{"gateway.threads": 80})
+    settings = make_settings(tmp_path, **{"gateway.threads": 100})
     held = listener.bind_public(settings)
     # As in a gateway process: a descriptor of its own on `up`'s socket.
     theirs = [socket.socket(fileno=os.dup(s.fileno())) for s in held]

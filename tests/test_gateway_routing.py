@@ -15,7 +15,12 @@ from sentiguard.gateway.breaker import TIMEOUT_FAILURES, Breaker, BreakerState
 from sentiguard.runtime import control
 from sentiguard.runtime.paths import RunDir
 from sentiguard.runtime.trust import Secret
-from tests.gateway_helpers import gateway_with_workers, poll_all, wait_for
+from tests.gateway_helpers import (
+    assert_second_is_overloaded,
+    gateway_with_workers,
+    poll_all,
+    wait_for,
+)
 
 
 def analyze(app: Any, text: str = "这家店很好", headers: dict[str, str] | None = None) -> Any:
@@ -284,15 +289,7 @@ def test_worker_errors_and_broken_answers_are_primary_error() -> None:
 def test_no_room_on_any_worker_is_overloaded() -> None:
     settings = {"gateway.max_in_flight_per_worker": 1, "gateway.deadline_ms": 10000}
     with gateway_with_workers(1, **settings) as (app, _gw, workers, _fb, _log):
-        workers[0].mode, workers[0].delay_s = "slow", 10.0
-        with ThreadPoolExecutor(1) as pool:
-            first = pool.submit(analyze, app)
-            wait_for(lambda: workers[0].in_flight == 1, what="first request at the worker")
-            body = analyze(app).get_json()
-            assert (body["model"], body["reason"]) == ("fallback", "overloaded")
-            workers[0].release.set()
-            assert first.result().get_json()["model"] == "primary"
-        assert workers[0].max_in_flight == 1
+        assert_second_is_overloaded(app, workers[0])
 
 
 def test_full_fallback_sheds_with_503_retry_after_and_json_error() -> None:
