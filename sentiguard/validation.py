@@ -32,6 +32,10 @@ _STRING = re.compile(r'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)', re.DOTALL)
 _BRACKET = re.compile(r"[\[\]{}]")
 _STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 
+# The time a caller has left, in whole milliseconds: a client to the gateway (its deadline,
+# floored by gateway.min_deadline_ms), the gateway to a worker (what is left of it).
+DEADLINE_HEADER = "X-Deadline-Ms"
+
 
 @dataclass(frozen=True)
 class Limits:

@@ -18,6 +18,7 @@ from collections import Counter
 from sentiguard.chaos.load import Load, Sample
 from sentiguard.chaos.service import ServiceHandle
 from sentiguard.chaos.timeline import Result
+from sentiguard.validation import DEADLINE_HEADER
 
 
 def restarts(service: ServiceHandle) -> Counter[str]:
@@ -80,7 +81,7 @@ def deadline_abuse(
     """The normal clients' primary share alone, then with `abusive` short-deadline clients."""
     alone, _ = _phase(service, normal, seconds)
     start = time.monotonic()
-    header = {"X-Deadline-Ms": str(deadline_ms)}
+    header = {DEADLINE_HEADER: str(deadline_ms)}
     normal_load, bad = Load(service.port, normal), Load(service.port, abusive, headers=header)
     with normal_load, bad:
         time.sleep(seconds)  # the measuring window itself

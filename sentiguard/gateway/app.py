@@ -37,7 +37,13 @@ from sentiguard.labels import label_fields
 from sentiguard.logs import EventLog, log_event
 from sentiguard.runtime.trust import Secret
 from sentiguard.settings import Settings
-from sentiguard.validation import Limits, check_content_type, parse_analyze, read_body
+from sentiguard.validation import (
+    DEADLINE_HEADER,
+    Limits,
+    check_content_type,
+    parse_analyze,
+    read_body,
+)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 # Sent on every response as HTTP headers (a <meta> CSP cannot say frame-ancestors, and
@@ -221,7 +227,7 @@ def _register_routes(app: Flask, gateway: Gateway) -> None:
         g.n_texts = len(parsed.texts)
         g.text_chars = sum(len(t) for t in parsed.texts)
         g.texts = parsed.texts
-        budget_ms = _deadline_ms(request.headers.get("X-Deadline-Ms"), deadline_ms, min_deadline_ms)
+        budget_ms = _deadline_ms(request.headers.get(DEADLINE_HEADER), deadline_ms, min_deadline_ms)
         # The deadline counts from the request's arrival, and keeps the fallback's own
         # few milliseconds inside it: a primary that times out must not push the answer
         # past what the client was promised.

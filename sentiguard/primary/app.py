@@ -35,10 +35,9 @@ from sentiguard.errors import BadRequest, HTTPError, Unauthorized
 from sentiguard.primary.batcher import BatcherStopped, DeadlinePassed
 from sentiguard.primary.state import PREDICT_TIMEOUT_S, WorkerState, memory_mb
 from sentiguard.runtime import trust
-from sentiguard.validation import Limits, parse_predict
+from sentiguard.validation import DEADLINE_HEADER, Limits, parse_predict
 
 ROUTES_HINT = "A worker serves POST /predict, GET /ready, GET /health, GET /live."
-DEADLINE_HEADER = "X-Deadline-Ms"
 # An hour: far past any deadline a gateway sends (its deadline_ms is ~1.5 s); a larger
 # value is a bug in the caller, not a request to wait longer than PREDICT_TIMEOUT_S.
 MAX_DEADLINE_MS = 3_600_000
