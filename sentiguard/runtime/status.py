@@ -66,7 +66,7 @@ def _cell(value: Any) -> str:
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return [fmt.format(*headers), *(fmt.format(*r) for r in rows)]
 
@@ -141,9 +141,11 @@ def render_status(
         "ready",
         "rss_mb",
         "uss_mb",
+        "memory_limit_mb",  # the watchdog's, per worker ("auto": derived at its start)
         "restarts",
         "breaker",
         "in_flight",
+        "capacity",  # the concurrency limit the gateway learnt for it
         "reason",
     ]
     workers = status.get("workers") or []
