@@ -35,6 +35,8 @@ _STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 # The time a caller has left, in whole milliseconds: a client to the gateway (its deadline,
 # floored by gateway.min_deadline_ms), the gateway to a worker (what is left of it).
 DEADLINE_HEADER = "X-Deadline-Ms"
+# The error code of a worker's 504 when that time passed before its batch ran.
+DEADLINE_PASSED = "deadline_passed"
 
 
 @dataclass(frozen=True)

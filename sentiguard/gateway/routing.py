@@ -33,11 +33,7 @@ from sentiguard.gateway.admission import FallbackAdmission
 from sentiguard.gateway.client import FailureKind, WorkerClient, WorkerFailure
 from sentiguard.gateway.workers import Reason, Worker, WorkerPool
 from sentiguard.logs import EventLog
-from sentiguard.validation import DEADLINE_HEADER
-
-# The error code of a worker's 504 when the time left it was sent with each /predict
-# (DEADLINE_HEADER, whole ms, at least 1) passed before its batch ran.
-DEADLINE_PASSED = "deadline_passed"
+from sentiguard.validation import DEADLINE_HEADER, DEADLINE_PASSED
 
 
 class Fallback(Protocol):

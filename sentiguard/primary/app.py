@@ -35,7 +35,7 @@ from sentiguard.errors import BadRequest, HTTPError, Unauthorized
 from sentiguard.primary.batcher import BatcherStopped, DeadlinePassed
 from sentiguard.primary.state import PREDICT_TIMEOUT_S, WorkerState, memory_mb
 from sentiguard.runtime import trust
-from sentiguard.validation import DEADLINE_HEADER, Limits, parse_predict
+from sentiguard.validation import DEADLINE_HEADER, DEADLINE_PASSED, Limits, parse_predict
 
 ROUTES_HINT = "A worker serves POST /predict, GET /ready, GET /health, GET /live."
 # An hour: far past any deadline a gateway sends (its deadline_ms is ~1.5 s); a larger
@@ -82,7 +82,7 @@ def out_of_time(left_s: float | None, error: TimeoutError) -> HTTPError:
     return HTTPError(
         f"this request {what} ({DEADLINE_HEADER}: {round(left_s * 1000)}); "
         f"the caller's time was up, so answer it elsewhere (the gateway's fallback does)",
-        code="deadline_passed",
+        code=DEADLINE_PASSED,
         status=504,
     )
 

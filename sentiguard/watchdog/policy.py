@@ -152,6 +152,12 @@ class WorkerRecord:
         return progress.batch_ms_max if progress else None
 
 
+def ready_ones(records: list[WorkerRecord]) -> list[WorkerRecord]:
+    """The workers serving now: ready and not owned by an action (the memory and the
+    slow-check rules never take the last of these)."""
+    return [r for r in records if r.phase is Phase.READY and r.busy is None]
+
+
 class Policy:
     """The thresholds of `[watchdog]`, applied to one record at a time."""
 
@@ -235,7 +241,7 @@ class Policy:
                 "memory_critical",
                 {**numbers, "critical_mb": limits.critical_mb, "limit_source": limits.source},
             )
-        others_ready = [o for o in others if o.phase is Phase.READY and o.busy is None]
+        others_ready = ready_ones(others)
         coming_back = [
             o.name
             for o in others
@@ -341,7 +347,7 @@ class Policy:
         if rec.slow < self.probe_failures:
             return None
         fields = {**numbers, "slow": rec.slow, "probe_error": result.error or "over_budget"}
-        if not [o for o in others if o.phase is Phase.READY and o.busy is None]:
+        if not ready_ones(others):
             return Decision(Action.HOLD, "slow_check", {**fields, "why": "last ready worker"})
         return Decision(Action.RECYCLE, "slow_check", fields)
 
