@@ -9,8 +9,10 @@ FALLBACK := models/fallback/manifest.json
 PRIMARY := models/primary/manifest.json
 PYTEST_ARGS ?=
 # Debian packages `make test` needs: the browser and its driver (web UI tests), promtool
-# (alert rules), a CJK font and fc-list (without one, Chinese renders as empty boxes).
-APT_PACKAGES := chromium chromium-driver prometheus fonts-noto-cjk fontconfig
+# (alert rules), a CJK font and fc-list (without one, Chinese renders as empty boxes),
+# systemd (systemd-analyze verifies the units; systemd-socket-activate runs `up` socket-
+# activated; neither needs systemd running as PID 1).
+APT_PACKAGES := chromium chromium-driver prometheus fonts-noto-cjk fontconfig systemd
 
 .PHONY: install run test check format lock bench clean standin
 
@@ -46,10 +48,10 @@ check: $(STAMP)
 
 test: install check
 	@missing=""; \
-	for tool in chromium chromedriver promtool; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	for tool in chromium chromedriver promtool systemd-analyze systemd-socket-activate; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	[ -n "$$(fc-list :lang=zh family 2>/dev/null)" ] || missing="$$missing fonts-noto-cjk"; \
 	if [ -n "$$missing" ]; then \
-	  echo "make test needs:$$missing (web UI tests in Chromium, with Chinese glyphs; alert rules checked by promtool)."; \
+	  echo "make test needs:$$missing (web UI tests in Chromium, with Chinese glyphs; alert rules checked by promtool; systemd units and socket activation)."; \
 	  echo "Install them with: sudo apt-get update && sudo apt-get install -y $(APT_PACKAGES)"; \
 	  exit 1; fi
 	$(BIN)/pytest $(PYTEST_ARGS)

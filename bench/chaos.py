@@ -15,7 +15,10 @@ It prints numbers, never pass/fail.
 
 `hostile_body` and `flood` (issue 11) run against the same service: a body of the maximum
 size built to be slow to check, and thousands of half-open connections while closed-loop
-clients keep the workers busy (sentiguard/chaos/floods.py).
+clients keep the workers busy (sentiguard/chaos/floods.py). `slow_body` (issue 16) opens
+`--slow-body-connections` (1000) that each send a whole header announcing a 200 KB body, then
+one byte every 2 s, and counts how the gateway ended them (408, 503, evicted) and how new
+clients fared meanwhile (sentiguard/chaos/slow_bodies.py).
 
 `gateway_kill` SIGKILLs one of the gateway processes under `--gateway-clients` (16) clients
 and counts refused connections and lost requests against those in flight on it;
@@ -23,6 +26,14 @@ and counts refused connections and lost requests against those in flight on it;
 (sentiguard/chaos/gateways.py). `stop_under_load` stops the service, so it runs last.
 
     .venv/bin/python bench/chaos.py --only gateway_kill,stop_under_load
+
+`up_restart` (issue 16) restarts `sentiguard up` itself `--up-restarts` (3) times under
+`--up-restart-clients` (8) clients, first under socket activation (systemd-socket-activate
+holds the socket across restarts), then with each `up` binding its own, and counts refused
+connections, failed requests and the longest wait (sentiguard/chaos/activation.py). It runs
+on services of its own, one worker each.
+
+    .venv/bin/python bench/chaos.py --only up_restart
 
 `reload` runs `sentiguard reload` (same model) under `--reload-clients` (4) clients and
 prints answers by model/reason, failures, the fallback share, fallback answers by reload
@@ -42,7 +53,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sentiguard.chaos import capacity, floods
+from sentiguard.chaos import activation, capacity, floods, slow_bodies
 from sentiguard.chaos import gateways as gateway_faults
 from sentiguard.chaos import scenarios as chaos
 from sentiguard.chaos.reloads import reload_under_load
@@ -60,9 +71,11 @@ SCENARIOS = (
     "broken_model",
     "hostile_body",
     "flood",
+    "slow_body",
     "gateway_kill",
     "reload",
     "stop_under_load",
+    "up_restart",
 )
 
 
@@ -119,6 +132,10 @@ def report_summary(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_hostile(args: argparse.Namespace, svc: ServiceHandle, name: str) -> dict[str, Any]:
+    if name == "slow_body":
+        return report_summary(
+            slow_bodies.slow_bodies(svc.port, args.slow_body_connections).summary()
+        )
     if name == "hostile_body":
         return report_summary(
             floods.hostile_body(svc.port, args.hostile_bytes, args.hostile_rounds).summary()
@@ -155,7 +172,7 @@ def run(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
         overrides["gateway.processes"] = args.gateway_processes
     results = []
     # stop_under_load ends the shared service: last of those that use it.
-    healing = [s for s in only if s not in ("broken_model", "stop_under_load")]
+    healing = [s for s in only if s not in ("broken_model", "stop_under_load", "up_restart")]
     if "stop_under_load" in only:
         healing.append("stop_under_load")
     if healing:
@@ -177,7 +194,7 @@ def run(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
                     r = chaos.leak(svc, index=0)
                 elif name == "hang":
                     r = chaos.hang(svc, index=1)
-                elif name in ("hostile_body", "flood"):
+                elif name in ("hostile_body", "flood", "slow_body"):
                     results.append(run_hostile(args, svc, name))
                     continue
                 elif name == "gateway_kill":
@@ -207,6 +224,21 @@ def run(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
             results.append(report(chaos.broken_model(svc, window_s=args.broken_s)))
         finally:
             svc.stop()
+    if "up_restart" in only:
+        for activated in (True, False):
+            kind = "activated" if activated else "plain"
+            kept = activation.start_kept(workdir / f"up-restart-{kind}", 1, activated, overrides)
+            try:
+                results.append(
+                    report(
+                        activation.restart_under_load(
+                            kept, clients=args.up_restart_clients, restarts=args.up_restarts
+                        )
+                    )
+                )
+            finally:
+                orphans = activation.stop_kept(kept)
+                print(f"  orphans after the keeper loop's stop {len(orphans)}")
     return results
 
 
@@ -231,12 +263,15 @@ def main() -> int:
     )
     parser.add_argument("--stop-clients", type=int, default=8, help="stop_under_load clients")
     parser.add_argument("--reload-clients", type=int, default=4, help="reload: clients")
+    parser.add_argument("--up-restart-clients", type=int, default=8, help="up_restart: clients")
+    parser.add_argument("--up-restarts", type=int, default=3, help="up_restart: restarts of up")
     parser.add_argument(
         "--gateway-processes", type=int, help="gateway.processes (default: the setting's, 2)"
     )
     parser.add_argument("--hostile-bytes", type=int, default=2_000_000, help="hostile body size")
     parser.add_argument("--hostile-rounds", type=int, default=5)
     parser.add_argument("--flood-connections", type=int, default=5000)
+    parser.add_argument("--slow-body-connections", type=int, default=1000)
     parser.add_argument(
         "--flood-clients", type=int, default=64, help="closed-loop clients during the flood"
     )

@@ -97,7 +97,10 @@ class EventLog:
             # The file first: a warning or recovery notice it causes precedes the line.
             if self.path is not None:
                 self._to_file(self.path, line)
-            print(line, file=self.stream, flush=True)
+            # A stream that went away (the supervisord reading a program's stdout died)
+            # costs this line, never the request or the decision that logged it.
+            with contextlib.suppress(OSError, ValueError):
+                print(line, file=self.stream, flush=True)
 
     # --- the file: everything below runs under _lock ------------------------------------
 

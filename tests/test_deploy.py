@@ -243,21 +243,26 @@ def test_service_pdb_and_hpa_point_at_the_deployment() -> None:
 # --- systemd ----------------------------------------------------------------------------
 
 
-def unit() -> configparser.ConfigParser:
+def unit(name: str = "sentiguard.service") -> configparser.ConfigParser:
     parser = configparser.ConfigParser(strict=False, interpolation=None)
     parser.optionxform = str  # type: ignore[assignment,method-assign]
-    parser.read(DEPLOY / "sentiguard.service")
+    parser.read(DEPLOY / name)
     return parser
+
+
+UNITS = ("sentiguard.service", "sentiguard.socket")
 
 
 def test_systemd_unit_verifies(tmp_path: Path) -> None:
     analyze = tool("systemd-analyze", "systemd")
-    # The unit names /opt/sentiguard; point it at this checkout so ExecStart exists.
-    copy = tmp_path / "sentiguard.service"
-    copy.write_text(
-        (DEPLOY / "sentiguard.service").read_text().replace("/opt/sentiguard", str(ROOT))
-    )
-    result = run(analyze, "verify", copy, cwd=tmp_path)
+    # The units name /opt/sentiguard; point them at this checkout so ExecStart exists. The
+    # service Requires= the socket, so both go in the directory verify reads.
+    copies = []
+    for name in UNITS:
+        copy = tmp_path / name
+        copy.write_text((DEPLOY / name).read_text().replace("/opt/sentiguard", str(ROOT)))
+        copies.append(copy)
+    result = run(analyze, "verify", *copies, cwd=tmp_path)
     # verify exits 0 on many problems and only prints them: any output is a finding.
     assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), (
         result.stdout + result.stderr
@@ -276,6 +281,20 @@ def test_systemd_unit_stops_within_the_graceful_timeout() -> None:
     assert str(int(ExitCode.PROGRAM_FATAL)) not in service["RestartPreventExitStatus"].split()
     # systemd's M is 1024-based.
     assert int(service["MemoryMax"].removesuffix("M")) >= budget_mb({})
+
+
+def test_systemd_socket_is_the_gateway_address_and_the_service_needs_it() -> None:
+    # `up` adopts the socket only on gateway.host:gateway.port (runtime.listener.adopt).
+    socket_unit = unit("sentiguard.socket")["Socket"]
+    s = settings_mod.load(environ={}, check=False)
+    assert socket_unit["ListenStream"] == f"{s.gateway.host}:{s.gateway.port}"
+    assert socket_unit["Accept"] == "no"  # one `up` gets the listening socket itself
+    assert int(socket_unit["Backlog"]) >= 1024
+    assert socket_unit.get("Service", "sentiguard.service") == "sentiguard.service"
+    assert unit("sentiguard.socket")["Install"]["WantedBy"] == "sockets.target"
+    service = unit()["Unit"]
+    assert "sentiguard.socket" in service["Requires"].split()
+    assert "sentiguard.socket" in service["After"].split()
 
 
 # --- Prometheus and Grafana ---------------------------------------------------------------

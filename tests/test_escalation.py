@@ -16,8 +16,7 @@ import pytest
 from sentiguard.chaos.client import wait_until
 from sentiguard.chaos.service import start_service
 from sentiguard.errors import ExitCode
-from sentiguard.runtime import escalation
-from sentiguard.runtime.escalation import CRASH_LOOP_STARTS, StartHistory, decide
+from sentiguard.runtime.escalation import BACKOFF_FIRST_S, CRASH_LOOP_STARTS, Decision, Keeper
 from sentiguard.settings import ROOT
 
 
@@ -33,55 +32,45 @@ def info(group: str, name: str, state: str = "RUNNING", start: float = 1000.0, *
     }
 
 
-def test_a_fatal_gateway_or_watchdog_is_escalated_with_its_last_log_lines(tmp_path: Path) -> None:
+def test_a_fatal_gateway_is_restarted_with_backoff_while_a_sibling_serves() -> None:
+    keeper = Keeper(watchdog_down_limit_s=600, started_at=1000.0)
+    infos = [info("gateway", "gateway_0"), info("gateway", "gateway_1", "FATAL")]
+    assert keeper.decide(infos, 1001.0) == Decision()  # the backoff starts
+    assert keeper.decide(infos, 1001.0 + BACKOFF_FIRST_S) == Decision(start=("gateway_1",))
+    assert keeper.decide(infos, 1002.0 + BACKOFF_FIRST_S).start == ()  # doubled now
+    assert keeper.programs["gateway_1"].backoff_s() == 2 * BACKOFF_FIRST_S
+
+
+def test_only_every_gateway_fatal_is_escalated(tmp_path: Path) -> None:
     log = tmp_path / "gateway_1.log"
-    log.write_text("".join(f"line {i}\n" for i in range(40)) + '{"event":"fallback_load_failed"}\n')
-    for group, name in (("gateway", "gateway_1"), ("watchdog", "watchdog")):
-        infos = [
-            info("gateway", "gateway_0"),
-            info(group, name, "FATAL", exitstatus=4, stdout_logfile=str(log)),
-        ]
-        verdict = decide(infos, StartHistory(), now=1001.0)
-        assert verdict is not None
-        assert (verdict.program, verdict.state, verdict.exitstatus) == (name, "FATAL", 4)
-        assert "FATAL" in verdict.reason and name in verdict.reason
-        assert verdict.tail[-1] == '{"event":"fallback_load_failed"}'
-        assert len(verdict.tail) == escalation.TAIL_LINES
-
-
-def test_workers_are_never_escalated() -> None:
+    log.write_text('{"event":"fallback_load_failed"}\n')
+    keeper = Keeper(watchdog_down_limit_s=600, started_at=1000.0)
     infos = [
-        info("gateway", "gateway_0"),
-        info("primary", "primary_0", "FATAL", exitstatus=4),
-        info("primary", "primary_1", "EXITED", exitstatus=4),
-        info("watchdog", "watchdog", "BACKOFF"),  # still retrying: supervisord's to decide
+        info("gateway", "gateway_0", "FATAL"),
+        info("gateway", "gateway_1", "FATAL", exitstatus=4, stdout_logfile=str(log)),
     ]
-    assert decide(infos, StartHistory(), now=1001.0) is None
-    history = StartHistory()
-    for start in range(CRASH_LOOP_STARTS * 2):  # a worker restarted again and again
-        assert decide([info("primary", "primary_0", start=1000.0 + start)], history, 1010) is None
+    verdict = keeper.decide(infos, 1001.0).verdict
+    assert verdict is not None and "no gateway process can stay up" in verdict.reason
+    assert verdict.tail[-1] == '{"event":"fallback_load_failed"}'
 
 
-def test_a_crash_loop_past_startsecs_is_escalated_within_its_window() -> None:
-    """A program that runs past `startsecs` and then dies is restarted by supervisord at once,
-    for ever, and never goes FATAL: `up` counts its starts."""
-    history = StartHistory(window_s=60.0)
+def test_a_crash_loop_is_reported_never_escalated() -> None:
+    keeper = Keeper(watchdog_down_limit_s=600, started_at=1000.0)
     now = 1000.0
-    for n in range(1, CRASH_LOOP_STARTS):
-        now += 5
-        assert decide([info("gateway", "gateway_0", start=now)], history, now) is None, n
-        assert decide([info("gateway", "gateway_0", start=now)], history, now + 1) is None
-    verdict = decide([info("gateway", "gateway_0", start=now + 5)], history, now + 5)
-    assert verdict is not None and "started 5 times" in verdict.reason
-    # Failed starts (BACKOFF, each with its own start time) are supervisord's to count.
-    backoff = StartHistory(window_s=60.0)
     for n in range(CRASH_LOOP_STARTS * 2):
-        assert decide([info("gateway", "gateway_0", "BACKOFF", 1000.0 + n)], backoff, 1020) is None
-    # Starts spread wider than the window are a process that recovers in between.
-    slow = StartHistory(window_s=60.0)
-    for n in range(CRASH_LOOP_STARTS * 2):
-        at = 1000.0 + 30 * n
-        assert decide([info("watchdog", "watchdog", start=at)], slow, at) is None
+        now += 4
+        infos = [info("gateway", "gateway_0", start=now), info("gateway", "gateway_1")]
+        assert keeper.decide(infos, now) == Decision(), n
+    assert any("restarted" in p for p in keeper.report(now)["problems"])
+
+
+def test_the_watchdog_escalates_only_after_its_down_limit() -> None:
+    keeper = Keeper(watchdog_down_limit_s=600, started_at=1000.0)
+    infos = [info("gateway", "gateway_0"), info("watchdog", "watchdog", "FATAL")]
+    assert keeper.decide(infos, 1500.0).verdict is None
+    assert keeper.decide(infos, 1601.0).verdict is not None
+    workers = [info("gateway", "gateway_0"), info("primary", "primary_0", "FATAL")]
+    assert Keeper(600, 1000.0).decide(workers, 5000.0) == Decision()
 
 
 def test_readme_and_unit_document_the_exit_code() -> None:

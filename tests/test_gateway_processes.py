@@ -41,8 +41,8 @@ from sentiguard.gateway.metrics import MULTIPROC_ENV, Metrics
 from sentiguard.gateway.siblings import capacity_share, merge
 from sentiguard.runtime import control, listener
 from sentiguard.runtime import supervisord as sv
+from sentiguard.runtime.drain import GatewayLink
 from sentiguard.runtime.paths import RunDir
-from sentiguard.watchdog.drain import GatewayLink
 from tests.gateway_helpers import FakeFallback, ListLog
 
 

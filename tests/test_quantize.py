@@ -19,7 +19,7 @@ from sentiguard.primary.model import load_model
 from tests.primary_helpers import EMBEDDED_MODEL, start_worker, wait_ready
 
 # Largest change of p_positive int8 may make on the embedded model. Measured: 0.0149 over
-# the 1,736 held-out texts (bench/int8.py); the bound leaves room for other batch mixes
+# the 1,736 held-out texts (bench/precision.py); the bound leaves room for other batch mixes
 # (the activation scale is per batch, which alone moves answers by up to 0.012) without
 # letting a broken quantisation (changes of 0.1 and more) by.
 TOLERANCE = 0.05
@@ -74,7 +74,7 @@ def test_int8_replaces_every_linear_layer(fp32: PrimaryModel, int8: PrimaryModel
 def test_the_version_says_int8_and_keeps_the_weights_hash(
     fp32: PrimaryModel, int8: PrimaryModel
 ) -> None:
-    assert (fp32.quantize, int8.quantize) == ("none", "int8")
+    assert (fp32.precision, int8.precision) == ("fp32", "int8")
     assert int8.version == fp32.version + "+int8"
     assert "+" not in fp32.version
 

@@ -16,12 +16,11 @@ from typing import Any
 
 import pytest
 
-from sentiguard.runtime import reload
+from sentiguard.runtime import drain, reload
+from sentiguard.runtime.drain import GatewayLink, routes_to
+from sentiguard.runtime.endpoints import Readiness
+from sentiguard.runtime.recycle import Recycler
 from sentiguard.settings import Settings
-from sentiguard.watchdog import drain
-from sentiguard.watchdog.drain import GatewayLink, routes_to
-from sentiguard.watchdog.probe import Readiness
-from sentiguard.watchdog.recycle import Recycler
 from tests.watchdog_helpers import FakeSupervisor, make_settings
 
 READY = {"ready": True, "pid": 1001, "breaker": "closed", "drain": True, "in_flight": 0}

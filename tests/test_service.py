@@ -29,8 +29,8 @@ from sentiguard.errors import ExitCode, SettingsError
 from sentiguard.runtime import control, service
 from sentiguard.runtime import status as status_cmd
 from sentiguard.runtime import supervisord as sv
+from sentiguard.runtime.drain import GatewayLink
 from sentiguard.runtime.paths import RunDir
-from sentiguard.watchdog.drain import GatewayLink
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> settings_mod.Settings:

@@ -12,15 +12,16 @@ from typing import Any
 import pytest
 
 from sentiguard.runtime import reload
+from sentiguard.runtime.drain import GatewayLink
 from sentiguard.runtime.paths import RunDir
+from sentiguard.runtime.recycle import START_CAP_FACTOR
+from sentiguard.runtime.supervisor_client import ProcessState
 from sentiguard.settings import Settings
 from sentiguard.watchdog.decisions import DecisionLog
-from sentiguard.watchdog.drain import GatewayLink
-from sentiguard.watchdog.policy import START_CAP_FACTOR, Phase
+from sentiguard.watchdog.policy import Phase
 from sentiguard.watchdog.probe import Kind, LiveResult
 from sentiguard.watchdog.process import Watchdog
 from sentiguard.watchdog.reports import worker_report
-from sentiguard.watchdog.supervisor_client import ProcessState
 from tests.watchdog_helpers import (
     FakeGateway,
     FakeSupervisor,

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
+from sentiguard.runtime.endpoints import probe_ready
 from sentiguard.watchdog.limits import MemoryProfile
-from sentiguard.watchdog.probe import probe_health, probe_live, probe_ready
+from sentiguard.watchdog.probe import probe_health, probe_live
 
 
 class Worker:

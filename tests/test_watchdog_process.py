@@ -18,13 +18,12 @@ import pytest
 
 from sentiguard.chaos.ports import free_port_block
 from sentiguard.runtime import reload
-from sentiguard.runtime.endpoints import worker
+from sentiguard.runtime.endpoints import probe_ready, worker
 from sentiguard.runtime.paths import RunDir
+from sentiguard.runtime.supervisor_client import SupervisorClient
 from sentiguard.settings import Settings
 from sentiguard.watchdog.policy import Phase
-from sentiguard.watchdog.probe import probe_ready
 from sentiguard.watchdog.process import Watchdog
-from sentiguard.watchdog.supervisor_client import SupervisorClient
 from tests.watchdog_helpers import (
     events,
     make_settings,

@@ -7,7 +7,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from sentiguard.watchdog.supervisor_client import (
+from sentiguard.runtime.supervisor_client import (
     ProcessInfo,
     ProcessState,
     SupervisorClient,

@@ -33,19 +33,19 @@ if str(ROOT) not in sys.path:  # when run as a script by supervisord
 
 from sentiguard import settings as settings_mod  # noqa: E402
 from sentiguard.chaos.client import wait_until  # noqa: E402
-from sentiguard.runtime.endpoints import worker  # noqa: E402
+from sentiguard.runtime.drain import Routable  # noqa: E402
+from sentiguard.runtime.endpoints import Readiness, worker  # noqa: E402
 from sentiguard.runtime.memory import MemorySample  # noqa: E402
 from sentiguard.runtime.paths import RunDir, write_private  # noqa: E402
-from sentiguard.runtime.supervisord import render_supervisord_conf  # noqa: E402
-from sentiguard.settings import Settings  # noqa: E402
-from sentiguard.watchdog.drain import Routable  # noqa: E402
-from sentiguard.watchdog.probe import LiveResult, ProbeResult, Readiness  # noqa: E402
-from sentiguard.watchdog.supervisor_client import (  # noqa: E402
+from sentiguard.runtime.supervisor_client import (  # noqa: E402
     ProcessInfo,
     ProcessState,
     SupervisorClient,
     SupervisorUnavailable,
 )
+from sentiguard.runtime.supervisord import render_supervisord_conf  # noqa: E402
+from sentiguard.settings import Settings  # noqa: E402
+from sentiguard.watchdog.probe import LiveResult, ProbeResult  # noqa: E402
 
 HELPERS = Path(__file__).resolve()
 

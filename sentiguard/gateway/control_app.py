@@ -70,7 +70,7 @@ def create_control_app(settings: Settings, state: GatewayState, log: EventLog) -
         if request.method == "GET":
             # `ready`, `pid` and `breaker`: whether this process routes to the worker yet
             # (its own poller's view), which a reload or recycle waits for before it takes
-            # another worker away (`watchdog.drain.GatewayLink.wait_routable`).
+            # another worker away (`runtime.drain.GatewayLink.wait_routable`).
             return jsonify(
                 {
                     "name": name,

@@ -1,10 +1,13 @@
-"""The public server's connections: header deadline, JSON refusals, lingering close.
+"""The public server's connections: header and body deadlines, JSON refusals, lingering close.
 
 `GuardedChannel` is waitress's `HTTPChannel` plus what http_server.py's `PublicServer`
 needs from each connection:
 
 - when its request header began (`TimedParser.started`; the connection's open for a first
   request), so the server can close it past `gateway.header_timeout_s`;
+- when the server began waiting for its request body and how much of it has come
+  (`TimedParser.body_started`, `body_bytes_received`), so the server can answer 408 to a
+  body slower than `gateway.body_timeout_s` + `gateway.body_min_bytes_per_s` allow;
 - waitress's own refusals (413, 431, 400, 501, 500) in the one JSON error shape
   (`JSONErrorTask`), with the code and message (what to do next) from the server's
   `describe_error`;
@@ -37,18 +40,40 @@ def error_body(code: str, message: str) -> bytes:
 
 
 class TimedParser(HTTPRequestParser):
-    """A request parser that knows when its header began and stops at its first error."""
+    """A request parser that knows when its header began and when the wait for its body
+    began, and stops at its first error."""
 
     started: float | None = None
+    # Since when the server has waited for the body (None: no body under way), and
+    # `body_bytes_received` then: the body's rate is counted from there. Raw bytes, so a
+    # chunked body's framing counts as received.
+    body_started: float | None = None
+    body_base = 0
 
     def received(self, data: bytes) -> int:
+        in_header = not self.headers_finished
         consumed: int = super().received(data)
         if self.error is not None and self.completed:
             # The request is refused: no 100 Continue for it (waitress would send one and
             # wait for the body), and the rest of this read is not parsed as a new request.
             self.expect_continue = False
             return len(data)
+        if in_header and self.headers_finished and not self.completed:
+            self.restart_body_clock(time.time())
         return consumed
+
+    def restart_body_clock(self, now: float) -> None:
+        self.body_started = now
+        self.body_base = self.body_bytes_received
+
+    def body_overdue(self, now: float, timeout_s: float, min_bytes_per_s: int) -> bool:
+        """The body under way has had `timeout_s` plus 1 s per `min_bytes_per_s` bytes
+        received since its clock started, and is still not complete."""
+        if self.body_started is None or self.completed:
+            return False
+        received = self.body_bytes_received - self.body_base
+        allowed = timeout_s + (received / min_bytes_per_s if min_bytes_per_s else 0.0)
+        return now - self.body_started > allowed
 
 
 class JSONErrorTask(ErrorTask):
@@ -67,7 +92,7 @@ class JSONErrorTask(ErrorTask):
 
 
 class GuardedChannel(HTTPChannel):
-    """A connection with a header deadline and a lingering close after a refusal."""
+    """A connection with header and body deadlines and a lingering close after a refusal."""
 
     parser_class = TimedParser
     error_task_class = JSONErrorTask
@@ -112,6 +137,22 @@ class GuardedChannel(HTTPChannel):
         # keep-alive, left to waitress's channel_timeout). A header under way: its start.
         since = self.opened_at if self.request is None else self.request.started
         return since is not None and now - since > timeout_s
+
+    def body_overdue(self, now: float, timeout_s: float, min_bytes_per_s: int) -> bool:
+        """Its request body is slower than the server allows (`TimedParser.body_overdue`).
+
+        Only while the server reads it: while an earlier request of this connection is
+        answered (a pipelined one) waitress does not read, so the body's clock starts again
+        then, and the client is not blamed for the server's wait."""
+        request = self.request
+        if request is None or request.body_started is None:
+            return False
+        if self.will_close or self.close_when_flushed or self.lingering:
+            return False  # closing already
+        if self.requests or self.total_outbufs_len:
+            request.restart_body_clock(now)
+            return False
+        return request.body_overdue(now, timeout_s, min_bytes_per_s)
 
     def waiting_since(self) -> float | None:
         """Since when this channel has held its slot with no request under way (None: it

@@ -14,6 +14,10 @@ inherited from `sentiguard up` outlives a gateway process). What it changes in w
 - **header timeout**: waitress's `channel_timeout` closes only *idle* channels, so a
   slowloris trickling a byte now and then lived forever. A request header not complete
   `gateway.header_timeout_s` after it began (the open, for a first request) is closed.
+- **body rate**: nor did anything bound a body trickling a byte now and then. A body not
+  complete `gateway.body_timeout_s` after its header's end, plus 1 s for each
+  `gateway.body_min_bytes_per_s` bytes received (mod_reqtimeout's `body=20,MinRate=500`),
+  is answered 408 in the JSON error shape and closed (lingering, like a shed).
 - **body bound**: waitress buffers `max_request_body_size` before the app sees a request:
   `gateway.max_body_bytes` plus a margin for chunked framing, not 4x.
 - **refusals a sending client can read**: waitress's own errors answer in the one JSON
@@ -57,6 +61,8 @@ MIN_CONNECTIONS = 16
 BODY_MARGIN_BYTES = 64 * 1024
 # A connection answered 503 at once lingers this long at most (its request is small).
 SHED_LINGER_S = 1.0
+# A body cut for its rate: after the 408 its client's next bytes (or this long) end it.
+SLOW_BODY_LINGER_S = 2.0
 EVICT_SCAN = 1024
 ACCEPT_BATCH = 64
 
@@ -102,7 +108,7 @@ def raise_nofile_limit() -> int:
 
 
 class PublicServer(TcpWSGIServer):
-    """waitress's TCP server with the header timeout, shedding and JSON refusals."""
+    """waitress's TCP server with the header and body timeouts, shedding, JSON refusals."""
 
     channel_class = GuardedChannel
     next_channel_cleanup: float = 0.0
@@ -111,9 +117,12 @@ class PublicServer(TcpWSGIServer):
     def __init__(self, *args: Any, settings: settings_mod.Settings, **kw: Any) -> None:
         g = settings.gateway
         self.header_timeout_s = float(g.header_timeout_s)
+        self.body_timeout_s = float(g.body_timeout_s)
+        self.body_min_bytes_per_s = g.body_min_bytes_per_s
         # Maintenance runs from readable(), once per loop pass at most (the pass waits up to
-        # asyncore_loop_timeout): often enough that the header timeout holds within ~1 s.
-        self.cleanup_s = self.evict_grace_s = min(1.0, self.header_timeout_s / 4)
+        # asyncore_loop_timeout): often enough that the timeouts hold within ~1 s.
+        self.evict_grace_s = min(1.0, self.header_timeout_s / 4)
+        self.cleanup_s = min(self.evict_grace_s, self.body_timeout_s / 4)
         self.max_body_bytes = g.max_body_bytes
         self.max_texts = g.max_texts
         self.retry_after_s = g.retry_after_s
@@ -145,18 +154,42 @@ class PublicServer(TcpWSGIServer):
             return "internal_error", "the gateway failed on this request; retry it."
         return "bad_request", f"malformed HTTP request ({error.body}): send valid HTTP/1.1."
 
+    def refusal(self, status: str, code: str, message: str, *headers: tuple[str, str]) -> bytes:
+        """A whole response in the one JSON error shape, closing the connection: what the
+        server answers by itself, outside the app (a shed, a body too slow)."""
+        body = error_body(code, message)
+        extra = "".join(f"{name}: {value}\r\n" for name, value in headers)
+        head = (
+            f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n"
+        )
+        return head.encode("latin-1") + body
+
     def shed_response(self) -> bytes:
-        body = error_body(
+        return self.refusal(
+            "503 Service Unavailable",
             "overloaded",
             f"the gateway holds its most connections ({self.adj.connection_limit}). "
             f"Retry after {self.retry_after_s} s.",
+            ("Retry-After", str(self.retry_after_s)),
         )
-        head = (
-            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nRetry-After: {self.retry_after_s}\r\n"
-            "Connection: close\r\n\r\n"
+
+    def slow_body_response(self, channel: GuardedChannel, now: float) -> bytes:
+        received, of, waited = 0, "", 0.0
+        request = channel.request
+        if request is not None:
+            received = request.body_bytes_received
+            of = f" of {request.content_length}" if request.content_length else ""  # chunked: 0
+            waited = now - (request.body_started or now)
+        return self.refusal(
+            "408 Request Timeout",
+            "body_too_slow",
+            f"the request body came too slowly: {received}{of} bytes in {waited:.0f} s, where "
+            f"the gateway allows {self.body_timeout_s:g} s plus 1 s per "
+            f"{self.body_min_bytes_per_s} bytes. Send the body faster (all of it at once), "
+            "or have the operator raise gateway.body_timeout_s or lower "
+            "gateway.body_min_bytes_per_s.",
         )
-        return head.encode("latin-1") + body
 
     def readable(self) -> bool:
         now = time.time()
@@ -229,7 +262,7 @@ class PublicServer(TcpWSGIServer):
 
     def maintenance(self, now: float) -> None:
         super().maintenance(now)  # waitress's idle timeout
-        closed = 0
+        closed = cut = 0
         for channel in list(self.active_channels.values()):
             if channel.lingering:
                 if now >= channel.linger_until:
@@ -237,6 +270,17 @@ class PublicServer(TcpWSGIServer):
             elif channel.header_overdue(now, self.header_timeout_s):
                 channel.will_close = True  # closed on the next pass, from handle_write
                 closed += 1
+            elif channel.body_overdue(now, self.body_timeout_s, self.body_min_bytes_per_s):
+                channel.shed(self.slow_body_response(channel, now), SLOW_BODY_LINGER_S)
+                cut += 1
+        if cut:
+            log_event(
+                "body_timeout",
+                closed=cut,
+                body_timeout_s=self.body_timeout_s,
+                body_min_bytes_per_s=self.body_min_bytes_per_s,
+                open_connections=len(self._map),
+            )
         if closed:
             log_event(
                 "header_timeout",

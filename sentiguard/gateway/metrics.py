@@ -17,6 +17,9 @@ Read from the held state at scrape time (`StateCollector`):
 - `sentiguard_worker_rss_bytes{worker}`, `sentiguard_worker_uss_bytes{worker}`
 - `sentiguard_worker_restarts_total{worker, cause}` (counted by the watchdog)
 - `sentiguard_fallback_in_use`, `sentiguard_fallback_capacity`, `sentiguard_watchdog_stale`
+- `sentiguard_program_running{program}`, `sentiguard_program_crash_loop{program}`,
+  `sentiguard_program_starts_recent{program}`, `sentiguard_program_restarts_by_up{program}`:
+  the gateway processes and the watchdog as `up` keeps them (`runtime.escalation`)
 
 With several gateway processes every scrape answers for the whole service, whichever
 process takes it. The counters and the histogram use prometheus_client's multiprocess mode:
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -89,6 +93,7 @@ class StateCollector(Collector):
                 restarts.add_metric([name, cause], n)
         yield from gauges.values()
         yield restarts
+        yield from _program_metrics(status.get("programs"))
         fallback = status["fallback"]
         yield GaugeMetricFamily(
             "sentiguard_fallback_in_use", "requests the fallback answers now", fallback["in_use"]
@@ -174,3 +179,24 @@ class Metrics:
         MultiProcessCollector(registry, path=self.shared_dir)
         registry.register(self.state_collector)
         return generate_latest(registry)
+
+
+def _program_metrics(report: dict[str, Any] | None) -> Iterator[Metric]:
+    """The gateway processes and the watchdog as `up` keeps them (`runtime.escalation`)."""
+    families = {
+        key: GaugeMetricFamily(f"sentiguard_program_{key}", text, labels=["program"])
+        for key, text in (
+            ("running", "1 while supervisord reports the program RUNNING"),
+            ("crash_loop", "1 while the program restarted 5 times within 60 s"),
+            ("starts_recent", "starts of the program within the last 60 s"),
+            ("restarts_by_up", "times `up` started the program again after it went FATAL"),
+        )
+    }
+    if report is not None and not report.get("stale"):
+        for p in report.get("programs", []):
+            name = str(p.get("name"))
+            families["running"].add_metric([name], 1.0 if p.get("state") == "RUNNING" else 0.0)
+            families["crash_loop"].add_metric([name], 1.0 if p.get("crash_loop") else 0.0)
+            families["starts_recent"].add_metric([name], float(p.get("starts_in_window") or 0))
+            families["restarts_by_up"].add_metric([name], float(p.get("restarts_by_up") or 0))
+    yield from families.values()

@@ -162,6 +162,8 @@ def schemas(settings: Settings) -> JSON:
         "in_flight": {**INT, "minimum": 0},
         "drain": BOOL,
         "model_version": _nullable("string"),
+        # primary.precision's choice: {"precision", "requested", "reason", "rates", ...}
+        "precision": _nullable("object"),
         "reason": _nullable("string"),
         # Its learnt concurrency limit (gateway.admission), summed over the gateway processes.
         "capacity": {**INT, "minimum": 1},
@@ -169,7 +171,7 @@ def schemas(settings: Settings) -> JSON:
         "memory_limit_source": _nullable("string"),
     }
     # The memory limit only once the watchdog reported it.
-    optional = {"model_version", "reason", "memory_limit_mb", "memory_limit_source"}
+    optional = {"model_version", "precision", "reason", "memory_limit_mb", "memory_limit_source"}
     watchdog = {
         "pid": _nullable("integer"),
         "limits": OBJ,
@@ -206,6 +208,9 @@ def schemas(settings: Settings) -> JSON:
                 "fallback": _object(fallback),
                 "watchdog": _object(watchdog, required=[k for k in watchdog if k != "decisions"]),
                 "gateways": _array(_object(gateway)),
+                # `up`'s report (null when not run by `sentiguard up`): each gateway
+                # process's and the watchdog's state, crash loop and restarts by `up`.
+                "programs": _nullable("object"),
             }
         ),
         **_json_values(g.max_json_depth - 1),

@@ -29,6 +29,7 @@ hammer that; `sentiguard train fallback` fixes it).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -77,6 +78,7 @@ class GatewayProcess:
         )
         self.drain = Drain(self.public, self.gateway.log)
         self.drain.install()
+        self.control_inode = 0  # of our control socket, set when it is bound
         self.control = self._control_server()
         self.serving: dict[str, threading.Thread] = {}
         self.died: dict[str, str] = {}
@@ -88,6 +90,7 @@ class GatewayProcess:
         state.process.name = sv.gateway_process_name(self.index)
         if os.environ.get("SUPERVISOR_ENABLED"):  # set by supervisord in its children
             state.process.restarts = sv.restarts(self.settings).get(state.process.name, 0)
+            state.programs_path = RunDir(self.settings).programs_report
         ceiling = self.settings.gateway.max_in_flight_per_worker
         state.pool.max_in_flight = capacity_share(ceiling, processes, self.index)
         if processes > 1:
@@ -106,7 +109,7 @@ class GatewayProcess:
             # poll, like the public server: while the public port holds thousands of
             # connections, a control connection's descriptor passes 1024, where select()
             # would kill this loop.
-            return create_server(
+            server = create_server(
                 app,
                 unix_socket=str(path),
                 unix_socket_perms="600",
@@ -115,6 +118,8 @@ class GatewayProcess:
             )
         finally:
             os.umask(old)
+        self.control_inode = path.stat().st_ino
+        return server
 
     @property
     def port(self) -> int:
@@ -204,7 +209,12 @@ class GatewayProcess:
         # No gateway.close(): the process ends right after (exit_now), and its poller
         # threads are daemons. Joining them would wait out a /ready poll to a worker that
         # is stopping at the same time, past supervisord's stopwaitsecs, into a SIGKILL.
-        RunDir(self.settings).control_socket_for(self.index).unlink(missing_ok=True)
+        # Only our own: a successor started before we stopped (`up` replacing the programs
+        # of a supervisord that died) has bound the same path already.
+        path = RunDir(self.settings).control_socket_for(self.index)
+        with contextlib.suppress(OSError):
+            if path.stat().st_ino == self.control_inode:
+                path.unlink()
         return ExitCode.OK
 
 

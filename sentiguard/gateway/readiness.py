@@ -103,7 +103,9 @@ class ReadinessPoller:
             version = body.get("model_version")
             pid = pid if isinstance(pid, int) else None
             version = str(version) if version is not None else None
-            if self.pool.mark_ready(worker, pid, version):
+            precision = body.get("precision")  # the worker's primary.precision choice
+            precision = precision if isinstance(precision, dict) else None
+            if self.pool.mark_ready(worker, pid, version, precision):
                 self.log("worker_ready", worker=worker.name, pid=pid, model_version=version)
             self._sample_memory(worker)
         else:

@@ -8,10 +8,12 @@ their control sockets with a short timeout); /health and /ready are this process
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -24,6 +26,25 @@ from sentiguard.gateway.workers import WorkerPool
 
 # The watchdog reports every second or so; ten seconds of silence means it is gone.
 WATCHDOG_STALE_S = 10.0
+# `up` rewrites <run_dir>/programs.json every second; older than this, `up` is gone.
+PROGRAMS_STALE_S = 10.0
+
+
+def read_programs(path: Path | None) -> dict[str, Any] | None:
+    """`up`'s report on the gateway processes and the watchdog (`runtime.escalation`):
+    their states, crash loops and restarts, with its age; None without one."""
+    if path is None:
+        return None
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(report, dict):
+        return None
+    age = time.time() - float(report.get("updated") or 0)
+    report["age_s"] = round(age, 1)
+    report["stale"] = age > PROGRAMS_STALE_S
+    return report
 
 
 @dataclass
@@ -77,6 +98,8 @@ class GatewayState:
         self.fallback = fallback
         self.watchdog = WatchdogReport()
         self.process = GatewayProcessInfo()
+        # Where `up` reports the programs it keeps (set when run under `sentiguard up`).
+        self.programs_path: Path | None = None
         # The other gateway processes (set by the process when there are several).
         self.siblings: Siblings | None = None
         # A report carries only the watchdog's last few decisions; the ops page's timeline
@@ -124,6 +147,9 @@ class GatewayState:
                 f"the watchdog has not reported for {watchdog['last_report_age_s']} s: "
                 f"workers are not restarted; check `sentiguard status` and logs/watchdog.jsonl"
             )
+        programs = read_programs(self.programs_path)
+        if programs is not None and not programs["stale"]:
+            reasons += [str(p) for p in programs.get("problems", [])]
         if self.shutting_down.is_set():
             reasons.insert(0, "shutting down: finishing in-flight requests")
         return reasons
@@ -159,6 +185,7 @@ class GatewayState:
             "fallback": self.fallback_view(),
             "watchdog": self.watchdog.view(),
             "gateways": [self.process.view()],
+            "programs": read_programs(self.programs_path),
         }
 
     def status(self) -> dict[str, Any]:

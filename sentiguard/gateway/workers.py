@@ -3,7 +3,8 @@
 A `Worker` is `primary_I` on `127.0.0.1:(primary.base_port + I)` (`runtime.endpoints`).
 Three sources update it, none of them on a request's path:
 
-- the readiness poller (`readiness.py`): `ready`, `pid`, `model_version`, memory;
+- the readiness poller (`readiness.py`): `ready`, `pid`, `model_version`, `precision`
+  (what the worker's primary.precision chose, with its measured rates and drift), memory;
 - the watchdog, through the control socket (`apply_report`): `drain`, its view of the
   state, memory, restarts by cause, `parked`;
 - the router: `in_flight` and the breaker's outcomes.
@@ -53,6 +54,7 @@ class Worker:
     ready: bool = False
     pid: int | None = None
     model_version: str | None = None
+    precision: dict[str, Any] | None = None
     not_ready_reason: str | None = "not polled yet"
     rss_mb: float | None = None
     uss_mb: float | None = None
@@ -159,7 +161,13 @@ class WorkerPool:
 
     # --- readiness poller -------------------------------------------------------------
 
-    def mark_ready(self, worker: Worker, pid: int | None, model_version: str | None) -> bool:
+    def mark_ready(
+        self,
+        worker: Worker,
+        pid: int | None,
+        model_version: str | None,
+        precision: dict[str, Any] | None = None,
+    ) -> bool:
         """Record a passed /ready; True when this changed the worker's readiness or pid."""
         with self._lock:
             changed = not worker.ready or pid != worker.pid
@@ -177,6 +185,7 @@ class WorkerPool:
             worker.ready = True
             worker.pid = pid
             worker.model_version = model_version
+            worker.precision = precision
             worker.not_ready_reason = None
             return changed
 
@@ -240,6 +249,7 @@ class WorkerPool:
                     "capacity": w.limiter.limit,
                     "drain": w.drain,
                     "model_version": w.model_version,
+                    "precision": w.precision,
                     "reason": w.reported_reason or w.not_ready_reason or w.breaker.reason,
                     **_memory_limit(w),
                 }

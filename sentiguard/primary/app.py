@@ -9,6 +9,8 @@ at import. Routes (docs/internals.md, "Primary worker process"):
   <digits>` is the time the caller has left: the worker waits at most that, and work
   still queued when it passes is dropped unrun (504 `deadline_passed`)
 - GET /ready   200 once the model loaded and passed the known-answer probe, else 503;
+  its `precision` is the arithmetic primary.precision chose, with the measured rates
+  and drift (`precision.Choice.as_json`);
   with `X-Sentiguard-Challenge: <nonce>` its body also carries `name` and `proof`
   (`sentiguard.runtime.trust`), so the gateway can tell this worker from a stranger
 - GET /health  runs the known-answer probe through the real batched path now
@@ -167,6 +169,7 @@ def create_app(worker: WorkerState) -> Flask:
             ready=True,
             pid=pid,
             model_version=worker.model.version,
+            precision=worker.model.precision_report,  # what primary.precision chose, why
             in_flight=worker.in_flight,
             **me,
         )

@@ -6,16 +6,24 @@ every input to `sequence_length`, which makes a 20-character review cost a 128-t
 forward pass. Instead the batch is tokenized with the pipeline's own tokenizer, sorted by
 length, cut into buckets padded only to their longest member, and run through the
 pipeline's own model; a test checks the scores equal the plain pipeline call's.
+
+A model serves in one arithmetic (`precision`: fp32, int8 or bf16, chosen at load by
+`primary.precision`, see arithmetic.py); bf16's forward passes run in its autocast
+`context`, on the batched and the pipeline path alike.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sentiguard.errors import ModelLoadError
+from sentiguard.primary.precision import VERSION_SUFFIX
 
 if TYPE_CHECKING:
     import torch
@@ -74,7 +82,8 @@ class PrimaryModel:
     whose Rust core refuses concurrent calls ("Already borrowed"), runs under a lock, and
     the forward pass only reads the weights.
     `name` is the model as configured; `version` is "<name>@<12 hex of the weights' sha256>",
-    followed by "+int8" when `quantize` (the primary.quantize it was loaded with) is int8.
+    followed by "+int8" or "+bf16" when `precision` is not fp32. `precision_report` is
+    what the worker reports of that choice (`precision.Choice.as_json`), None until made.
     """
 
     def __init__(
@@ -89,11 +98,15 @@ class PrimaryModel:
         long_text: str,
         max_batch: int,
         pipeline: Any = None,
-        quantize: str = "none",
+        precision: str = "fp32",
+        context: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
+        precision_report: dict[str, Any] | None = None,
     ) -> None:
         self.name = name
-        self.version = version
-        self.quantize = quantize
+        self.weights_version = version  # without the precision's suffix
+        self.precision = precision
+        self.precision_report = precision_report
+        self._context = context
         self.tokenizer = tokenizer
         self._forward = forward
         self._positive = positive
@@ -102,6 +115,23 @@ class PrimaryModel:
         self.max_batch = max_batch
         self.pipeline = pipeline  # the ModelScope pipeline, for the one-call-per-text path
         self._tokenizer_lock = threading.Lock()
+
+    @property
+    def version(self) -> str:
+        return self.weights_version + VERSION_SUFFIX[self.precision]
+
+    def with_arithmetic(
+        self,
+        precision: str,
+        context: Callable[[], AbstractContextManager[Any]],
+        report: dict[str, Any] | None = None,
+    ) -> PrimaryModel:
+        """This model computing in `precision` (its layers already installed in the
+        network, arithmetic.py), forward passes under `context`: a shallow copy sharing
+        tokenizer, network and tokenizer lock."""
+        twin = copy.copy(self)
+        twin.precision, twin._context, twin.precision_report = precision, context, report
+        return twin
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
         """One Prediction per text, in input order."""
@@ -124,7 +154,7 @@ class PrimaryModel:
                 segments.append((i, self.tokenizer.build_inputs_with_special_tokens(piece)))
         sums = [0.0] * len(texts)
         counts = [0] * len(texts)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._context():
             for bucket in self._buckets(sorted(segments, key=lambda s: len(s[1]))):
                 probs = self._probabilities([ids for _, ids in bucket])
                 for (i, _), p in zip(bucket, probs, strict=True):
@@ -141,7 +171,9 @@ class PrimaryModel:
         out = []
         for text in texts:
             n = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-            out.append(Prediction(p_positive_from_output(self.pipeline(text)), n > room))
+            with self._context():
+                output = self.pipeline(text)
+            out.append(Prediction(p_positive_from_output(output), n > room))
         return out
 
     def _pieces(self, ids: list[int], room: int) -> list[list[int]]:

@@ -6,10 +6,10 @@ directory and the real hub StructBERT take the same path; prediction then runs t
 pipeline's own tokenizer and model (for StructBERT, its last layer for [CLS] only, the
 one position the classifier reads) in length buckets.
 
-With `primary.quantize = "int8"` the Linear layers are swapped, in place and right after
-loading, for torch's dynamically quantised int8 ones (`quantize`), so the pipeline, the
-batched path and the worker's known-answer probe all run the model that serves; its
-version then ends in "+int8".
+The model loads in float32; then `primary.precision` (precision.py) picks its arithmetic,
+measuring the candidates when it is auto, and the chosen Linear layers are swapped in
+place (arithmetic.py), so the pipeline, the batched path and the worker's known-answer
+probe all run the model that serves; its version then ends in "+int8" or "+bf16".
 
 A model that cannot load raises `ModelLoadError` with `cause` one of missing, corrupt,
 import, memory and a message that names the fix; the worker turns it into exit code 4.
@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sentiguard.errors import ModelLoadError
+from sentiguard.primary import arithmetic
+from sentiguard.primary import precision as precision_mod
 from sentiguard.primary.inference import PrimaryModel, positive_index
 from sentiguard.primary.source import (
     FIX_RETRAIN,
@@ -36,14 +38,12 @@ from sentiguard.primary.source import (
     preflight,
     weights_sha256,
 )
+from sentiguard.runtime.paths import RunDir
 
 if TYPE_CHECKING:
     from sentiguard.settings import Settings
 
 FIX_INSTALL = "reinstall the dependencies with `make install` (pip install -r requirements.lock)"
-# What `primary.quantize` appends to model_version: an int8 model answers a little
-# differently, so whoever compares or records versions sees which arithmetic answered.
-VERSION_SUFFIX = {"none": "", "int8": "+int8"}
 FIX_MEMORY = (
     "give the worker more memory (or raise watchdog.memory_limit_mb and the container "
     "limit), or set primary.model to a smaller model"
@@ -83,8 +83,11 @@ def _quiet_libraries() -> None:
     )
 
 
-def load_model(settings: Settings) -> PrimaryModel:
-    """Load the configured primary model; raise ModelLoadError naming cause and fix."""
+def load_model(settings: Settings, shared_choice: bool = False) -> PrimaryModel:
+    """Load the configured primary model; raise ModelLoadError naming cause and fix.
+
+    With `shared_choice` (the worker), `primary.precision = auto` is decided once per
+    service run in its run directory (choice_record.py); otherwise here and now."""
     source = preflight(settings)
     import_backend(settings.primary.backend)
     import torch
@@ -95,7 +98,7 @@ def load_model(settings: Settings) -> PrimaryModel:
     if source.hub_id:
         check_directory(directory)
     try:
-        model = _build(settings, source, directory)
+        model = _build(settings, source, directory, RunDir(settings) if shared_choice else None)
     except ModelLoadError:
         raise
     except Exception as e:
@@ -103,74 +106,64 @@ def load_model(settings: Settings) -> PrimaryModel:
     return model
 
 
-def _build(settings: Settings, source: ModelSource, directory: Path) -> PrimaryModel:
+def _build(
+    settings: Settings, source: ModelSource, directory: Path, run: RunDir | None
+) -> PrimaryModel:
     seq = settings.primary.sequence_length
-    how = settings.primary.quantize
-    version = f"{source.name}@{weights_sha256(directory)[:12]}{VERSION_SUFFIX[how]}"
+    asked, setting = precision_mod.requested(settings.primary.precision, settings.primary.quantize)
     common: dict[str, Any] = {
         "name": source.name,
-        "version": version,
-        "quantize": how,
+        "version": f"{source.name}@{weights_sha256(directory)[:12]}",
         "sequence_length": seq,
         "long_text": settings.primary.long_text,
         "max_batch": settings.primary.max_batch_size,
     }
+    batch = settings.primary.max_batch_size
     if settings.primary.backend == "transformers":
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        hf = quantize(AutoModelForSequenceClassification.from_pretrained(str(directory)), how)
+        hf = AutoModelForSequenceClassification.from_pretrained(str(directory)).eval()
         tokenizer = AutoTokenizer.from_pretrained(str(directory))
-        return PrimaryModel(
+        model = PrimaryModel(
             tokenizer=tokenizer,
             forward=hf,
             positive=positive_index(hf.config.id2label),
             **common,
         )
+        return arithmetic.choose(model, hf, asked, setting, batch, run)
     from modelscope.pipelines import pipeline
     from modelscope.utils.constant import Tasks
 
     # Always the absolute directory: a hub id was fetched above, a local path stays local.
     pipe = pipeline(Tasks.text_classification, model=str(directory), sequence_length=seq)
-    # The pipeline sets eval() on its first call; we may skip that call. Quantised in
-    # place, so pipe.model (the one-call-per-text path) is the same int8 network.
-    net = quantize(pipe.model, how)
+    # The pipeline sets eval() on its first call; we may skip that call. The chosen
+    # arithmetic's layers go in place, so pipe.model (the one-call-per-text path) is the
+    # network that serves.
+    net = pipe.model.eval()
     id2label = getattr(pipe, "id2label", None) or net.config.id2label
-    return PrimaryModel(
+    model = PrimaryModel(
         tokenizer=_fast_twin(pipe.preprocessor.nlp_tokenizer.tokenizer, directory),
         forward=_last_layer_on_cls(net) or net,
         positive=positive_index(id2label),
         pipeline=pipe,
         **common,
     )
+    return arithmetic.choose(model, net, asked, setting, batch, run)
 
 
 def quantize(net: Any, how: str) -> Any:
     """`net` in eval mode, its Linear layers replaced in place by int8 ones when `how` is
-    "int8" (dynamic quantisation: int8 weights, activations quantised per batch).
+    "int8" (`arithmetic.apply`), as before `primary.precision`; kept for bench/capacity.py.
 
-    Measured on the base-size StructBERT: see primary.quantize's help and bench/int8.py.
     Only Linear layers: in StructBERT-base they hold ~84 % of the weights and nearly all
     the multiply-adds; embeddings, layer norms and the attention products stay float32.
     Activations are quantised with one scale per tensor, so a text's answer moves a
     little with the batch it shares (up to 0.012 on the embedded model, the same order
     as the int8 change itself); a batch's answers do not depend on other batches running
     at the same time (tests/test_quantize.py).
-
-    The eager torch.ao API is deprecated in favour of torchao, but it is what the pinned
-    torch ships, needs no new package, and outran ONNX Runtime's dynamic int8 on the same
-    exported forward pass; its deprecation warnings are silenced because an operator can
-    do nothing about them (and tests turn warnings into errors).
     """
-    net = net.eval()
-    if how == "none":
-        return net
-    import torch
-    from torch.ao.quantization import quantize_dynamic
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated")
-        warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor")
-        return quantize_dynamic(net, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+    arithmetic.apply(net, precision_mod.QUANTIZE_ALIAS[how])
+    return net
 
 
 def _last_layer_on_cls(net: Any) -> Callable[..., Any] | None:

@@ -141,7 +141,7 @@ class WorkerProcess:
             model_mod.import_backend(backend)
             t1 = time.perf_counter()
             self._log("imports_done", backend=backend, import_s=round(t1 - t0, 2), **memory_mb())
-            model = model_mod.load_model(self.settings)
+            model = model_mod.load_model(self.settings, shared_choice=True)
         except ModelLoadError as e:
             return self._load_failed(e)
         t2 = time.perf_counter()
@@ -149,6 +149,7 @@ class WorkerProcess:
             "model_loaded",
             model_version=model.version,
             load_s=round(t2 - t1, 2),
+            precision=model.precision_report,
             **memory_mb(),
         )
         self.state.attach(model)
@@ -173,6 +174,7 @@ class WorkerProcess:
             port=self.port,
             model=model.name,
             model_version=model.version,
+            precision=model.precision_report,
             start_to_ready_s=round(time.perf_counter() - self._started, 2),
             since_exec_s=round(time.time() - _process_start(), 2),
             cpu_s=_cpu_seconds(),  # wall time on an idle machine; start-up is one thread

@@ -3,6 +3,7 @@ and loopback port. The one place these are derived from the settings."""
 
 from __future__ import annotations
 
+import http.client
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,3 +65,39 @@ def gateway_get_json(
     key = settings.gateway.api_key
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     return get_json(gateway_client_host(settings), settings.gateway.port, path, timeout_s, headers)
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: bool
+    model_version: str | None = None
+    pid: int | None = None
+    error: str | None = None
+
+
+def probe_error(e: OSError) -> str:
+    """A short name for why a probe of a worker failed: timeout, refused, bad_response..."""
+    if isinstance(e, TimeoutError):
+        return "timeout"
+    if isinstance(e, ConnectionRefusedError):
+        return "refused"
+    if isinstance(e.__cause__, http.client.HTTPException):
+        return "bad_response"  # get_json raises a malformed answer as an OSError
+    return type(e).__name__
+
+
+def probe_ready(port: int, timeout_s: float) -> Readiness:
+    """GET /ready. Never raises; `ready` is True only on 200 with `"ready": true`."""
+    try:
+        status, body = get_json(WORKER_HOST, port, "/ready", timeout_s)
+    except OSError as e:
+        return Readiness(False, error=probe_error(e))
+    if status != 200 or not body or body.get("ready") is not True:
+        reason = (body or {}).get("reason") or f"status_{status}"
+        return Readiness(False, error=str(reason))
+    pid = body.get("pid")
+    return Readiness(
+        True,
+        model_version=str(body.get("model_version")),
+        pid=pid if isinstance(pid, int) else None,
+    )

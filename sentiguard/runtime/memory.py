@@ -9,6 +9,7 @@ is refused we fall back to RSS, which overcounts shared libraries but is always 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from dataclasses import dataclass
@@ -110,3 +111,22 @@ def kill_tree(pid: int, timeout: float = 5.0) -> list[int]:
             continue
     psutil.wait_procs(procs, timeout=timeout)
     return killed
+
+
+def signal_group(pid: int, signum: int) -> None:
+    """Signal the process group `pid` leads (every program leads its own), then `pid`."""
+    for send in (lambda: os.killpg(pid, signum), lambda: os.kill(pid, signum)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            send()
+
+
+def stop_gracefully(procs: list[psutil.Process], timeout_s: float) -> list[int]:
+    """SIGTERM each process's group, wait up to `timeout_s` for them all, SIGKILL the
+    groups of those left; returns the pids that had to be killed."""
+    for p in procs:
+        signal_group(p.pid, signal.SIGTERM)
+    _, alive = psutil.wait_procs(procs, timeout=max(0.1, timeout_s))
+    for p in alive:
+        signal_group(p.pid, signal.SIGKILL)
+    psutil.wait_procs(alive, timeout=5)
+    return [p.pid for p in alive]

@@ -18,6 +18,8 @@ supervisord config are written private (`write_private`: mode 0600 from the star
     <run_dir>/reload.lock          held while a reload runs
     <run_dir>/watchdog_restarts.json  the watchdog's restart counts across its restarts
     <run_dir>/service.json         where `up` serves (address, port, pid, start time)
+    <run_dir>/precision.json       the workers' `primary.precision = auto` choice, made
+                                   once per model, machine and `up` (+ .lock)
     <log_dir>/watchdog.jsonl       the watchdog's decisions, one JSON object a line
 """
 
@@ -87,8 +89,16 @@ class RunDir:
         return self.root / "watchdog_restarts.json"
 
     @property
+    def programs_report(self) -> Path:
+        return self.root / "programs.json"
+
+    @property
     def service_record(self) -> Path:
         return self.root / "service.json"
+
+    @property
+    def precision_record(self) -> Path:
+        return self.root / "precision.json"
 
     @property
     def watchdog_log(self) -> Path:

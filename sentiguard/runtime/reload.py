@@ -42,14 +42,12 @@ import psutil
 
 from sentiguard.errors import ExitCode
 from sentiguard.logs import EventLog
-from sentiguard.runtime.endpoints import worker_port
+from sentiguard.runtime.drain import ROUTABLE_TIMEOUT_S, GatewayLink
+from sentiguard.runtime.endpoints import probe_ready, worker_port
 from sentiguard.runtime.paths import RunDir, write_atomic
+from sentiguard.runtime.recycle import START_CAP_FACTOR, Recycler, StartOutcome
+from sentiguard.runtime.supervisor_client import SupervisorClient, SupervisorUnavailable
 from sentiguard.settings import ROOT, Settings
-from sentiguard.watchdog.drain import ROUTABLE_TIMEOUT_S, GatewayLink
-from sentiguard.watchdog.policy import START_CAP_FACTOR
-from sentiguard.watchdog.probe import probe_ready
-from sentiguard.watchdog.recycle import Recycler, StartOutcome
-from sentiguard.watchdog.supervisor_client import SupervisorClient, SupervisorUnavailable
 
 
 @dataclass(frozen=True)

@@ -10,29 +10,33 @@ own (the gunicorn arbiter pattern): signal handlers only set a flag; the loop do
 
 The stop (a signal to `up`, or `sentiguard down`, which sends `up` SIGTERM): close the
 listener everywhere first (new connections are refused; the gateway processes drain what
-they accepted), then one SIGTERM to supervisord, which stops the watchdog, the workers and
-the gateway processes in turn; when the graceful timeout passes, kill what is left. `up` is
-a Linux child subreaper, so a program orphaned by a supervisord that died reparents to `up`
-and is killed with the rest: no orphans.
+they accepted; a socket systemd passed in is left listening, so connections wait in its
+backlog for the next `up`), then one SIGTERM to supervisord, which stops the watchdog, the
+workers and the gateway processes in turn; when the graceful timeout passes, kill what is
+left. `up` is a Linux child subreaper, so a program orphaned by a supervisord that died
+reparents to `up`: no orphans.
 
-Escalation (`runtime.escalation`): a gateway process or the watchdog that supervisord gives
-up on (FATAL), or that keeps crashing, makes `up` stop everything the same way and exit with
-`ExitCode.PROGRAM_FATAL` (69), naming the program and its last log lines, so the service
-manager restarts the whole service. Primary workers never do: they are the watchdog's.
+Programs that keep failing (`runtime.escalation`): a FATAL gateway process or watchdog is
+started again with a capped backoff and reported in `<run_dir>/programs.json`; `up` stops
+everything and exits `ExitCode.PROGRAM_FATAL` (69) only when the service cannot answer (no
+gateway process can stay up) or the watchdog stayed down for
+`service.watchdog_down_limit_s`. A supervisord that dies is replaced while the service
+answers (`runtime.takeover`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterable
 from types import FrameType
 from typing import Any
 
@@ -43,15 +47,20 @@ from sentiguard.logs import format_event
 from sentiguard.runtime import control, listener
 from sentiguard.runtime import supervisord as sv
 from sentiguard.runtime.endpoints import WORKER_HOST, gateway_get_json, gateway_url, workers
-from sentiguard.runtime.escalation import Escalation, Verdict
+from sentiguard.runtime.escalation import Decision, Escalation, Verdict
 from sentiguard.runtime.locate import announce, remove_record, write_record
-from sentiguard.runtime.memory import kill_tree
+from sentiguard.runtime.memory import kill_tree, stop_gracefully
 from sentiguard.runtime.net import describe_holder, port_free, unix_socket_live
-from sentiguard.runtime.paths import RunDir, write_private
+from sentiguard.runtime.paths import RunDir, write_atomic, write_private
+from sentiguard.runtime.takeover import Takeover
 from sentiguard.settings import Settings
 
 PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 POLL_S = 0.5
+# supervisord deaths `up` survives within the window; one more stops the service (exit 1):
+# something kills it on purpose, or it cannot run here.
+TAKEOVERS = 3
+TAKEOVER_WINDOW_S = 600.0
 
 
 # --- preflight ------------------------------------------------------------------------
@@ -76,7 +85,7 @@ def preflight(settings: Settings) -> None:
         if stale.exists() and not unix_socket_live(stale):
             stale.unlink()
     host, port = settings.gateway.host, settings.gateway.port
-    if not _port_free(host, port):
+    if not listener.socket_activated() and not _port_free(host, port):
         raise ServiceError(
             f"port {port} on {host} is already in use{describe_holder(port)}. Hint: stop that "
             f"process, or choose another port with `sentiguard up --port P` "
@@ -128,13 +137,14 @@ class Runner:
         self.listeners: list[socket.socket] = []
         self.escalation = Escalation(settings)
         self.verdict: Verdict | None = None
+        self.problems: list[str] = []
+        self.takeovers: list[float] = []
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         # Only a flag: the loop forwards it and logs, outside the signal handler.
         self.stop_signal = signum
 
     def run(self) -> int:
-        conf = RunDir(self.settings).supervisord_conf
         previous = {
             s: signal.signal(s, self.on_signal)
             for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -145,17 +155,20 @@ class Runner:
                 self.listeners = listener.bind_public(self.settings)
             except OSError as e:
                 g = self.settings.gateway
-                _say("listen_failed", host=g.host, port=g.port, reason=str(e), fix=_PORT_FIX)
+                fix = None if isinstance(e, listener.ActivationError) else _PORT_FIX
+                _say("listen_failed", host=g.host, port=g.port, reason=str(e), fix=fix)
                 return ExitCode.ERROR
             handoff = listener.Handoff(self.settings, self.listeners, _say)
             handoff.start()
+            conf = RunDir(self.settings).supervisord_conf
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)]
             )
             write_record(self.settings, self.proc.pid)
-            return self._loop(self.proc)
+            return self._loop()
         finally:
             remove_record(self.settings)
+            RunDir(self.settings).programs_report.unlink(missing_ok=True)
             if handoff is not None:
                 handoff.stop()
             for sock in self.listeners:
@@ -163,41 +176,46 @@ class Runner:
             for s, handler in previous.items():
                 signal.signal(s, handler)
 
-    def _begin_stop(self, proc: subprocess.Popen[bytes]) -> float:
+    def _begin_stop(self) -> float:
         """Close the listener for every gateway process, then SIGTERM supervisord; returns
         the deadline after which everything left is killed."""
-        listener.close_everywhere(self.listeners)
-        _say("listener_closed", action="refuse new connections; gateways drain")
-        proc.send_signal(signal.SIGTERM)
+        _say("listener_closed", action=listener.close_everywhere(self.listeners))
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
         return time.monotonic() + self.graceful_s
 
-    def _loop(self, proc: subprocess.Popen[bytes]) -> int:
+    def _loop(self) -> int:
         deadline: float | None = None
         announced = False
         while True:
+            assert self.proc is not None
             try:
-                code = proc.wait(timeout=POLL_S)
-                break
+                code = self.proc.wait(timeout=POLL_S)
             except subprocess.TimeoutExpired:
-                pass
+                code = None
+            if code is not None:
+                if deadline is None and self._take_over(code):
+                    continue
+                break
             if self.stop_signal is not None and deadline is None:
                 _say(
                     "stopping",
                     signal=signal.Signals(self.stop_signal).name,
                     graceful_timeout_s=self.graceful_s,
                 )
-                deadline = self._begin_stop(proc)
+                deadline = self._begin_stop()
             elif deadline is not None and time.monotonic() > deadline:
                 _say("stop_timeout", action="kill", graceful_timeout_s=self.graceful_s)
-                kill_tree(proc.pid)
-                code = proc.wait()
+                kill_tree(self.proc.pid)
+                code = self.proc.wait()
                 break
             if deadline is None:
                 announced = announced or self._announce_ready()
-                self.verdict = self.escalation.check()
+                decision = self.escalation.check()
+                if decision is not None:
+                    self._act(decision)
                 if self.verdict is not None:
-                    self._escalate(self.verdict)
-                    deadline = self._begin_stop(proc)
+                    deadline = self._begin_stop()
         self._reap_orphans(deadline)
         if self.verdict is not None:
             _say("stopped", exit_code=int(ExitCode.PROGRAM_FATAL), cause=self.verdict.reason)
@@ -211,6 +229,75 @@ class Runner:
             fix=f"read {RunDir(self.settings).log('supervisord')}",
         )
         return ExitCode.ERROR
+
+    def _act(self, decision: Decision) -> None:
+        """Log what the keeper decided and publish its report for the gateway."""
+        keeper = self.escalation.keeper
+        now = self.escalation.clock()
+        for name in decision.start:
+            program = keeper.programs[name]
+            _say(
+                "program_restart",
+                program=name,
+                restarts_by_up=program.restarts_by_up,
+                next_backoff_s=program.backoff_s(),
+                action=f"start {name} again (supervisord gave it up: FATAL)",
+                fix=f"read {program.log or RunDir(self.settings).logs} for why it fails",
+            )
+        report = keeper.report(now)
+        if report["problems"] != self.problems:
+            if report["problems"]:
+                _say("program_problems", problems=report["problems"])
+            elif self.problems:
+                _say("program_problems_cleared")
+            self.problems = report["problems"]
+        with contextlib.suppress(OSError):
+            write_atomic(RunDir(self.settings).programs_report, json.dumps(report))
+        if decision.verdict is not None:
+            self.verdict = decision.verdict
+            self._escalate(decision.verdict)
+
+    def _take_over(self, code: int) -> bool:
+        """supervisord died while nobody asked it to stop: replace it and its programs
+        (`runtime.takeover`) while they serve. False when `up` should stop instead."""
+        now = time.monotonic()
+        self.takeovers = [t for t in self.takeovers if t > now - TAKEOVER_WINDOW_S]
+        if len(self.takeovers) >= TAKEOVERS:
+            _say(
+                "supervisord_died",
+                exit_code=code,
+                action=f"stop: supervisord died {len(self.takeovers) + 1} times within "
+                f"{TAKEOVER_WINDOW_S:.0f} s",
+                fix=f"read {RunDir(self.settings).log('supervisord')} and the kernel log",
+            )
+            return False
+        self.takeovers.append(now)
+        _say(
+            "supervisord_died",
+            exit_code=code,
+            action="start a new supervisord and replace each program once its successor serves",
+        )
+        stop = threading.Event()
+        takeover = Takeover(self.settings, _say, stop)
+        thread = threading.Thread(target=takeover.run, name="takeover", daemon=True)
+        thread.start()
+        while thread.is_alive():
+            if self.stop_signal is not None:
+                stop.set()  # from the loop, not the signal handler
+            thread.join(POLL_S)
+        outcome = takeover.outcome
+        if outcome.proc is None:
+            return False
+        self.proc = outcome.proc
+        write_record(self.settings, self.proc.pid)
+        _say(
+            "supervisord_replaced",
+            pid=self.proc.pid,
+            seconds=outcome.seconds,
+            programs=outcome.steps,
+            check=f"supervisorctl -c {RunDir(self.settings).supervisord_conf} status",
+        )
+        return True
 
     def _escalate(self, verdict: Verdict) -> None:
         _say(
@@ -243,31 +330,14 @@ class Runner:
         if not left:
             return
         _say("orphans", pids=[p.pid for p in left], action="terminate")
-        for p in left:
-            _signal_group(p.pid, signal.SIGTERM)
         end = min(deadline or float("inf"), time.monotonic() + self.graceful_s)
-        _, alive = psutil.wait_procs(left, timeout=max(0.1, end - time.monotonic()))
-        _kill(alive)
+        stop_gracefully(left, end - time.monotonic())
 
 
 _PORT_FIX = (
     "stop the process holding it, or choose another port with `sentiguard up --port P` "
     "(or SENTIGUARD_GATEWAY_PORT)"
 )
-
-
-def _signal_group(pid: int, signum: int) -> None:
-    # Every program leads its own process group; signal the group, then the pid.
-    for send in (lambda: os.killpg(pid, signum), lambda: os.kill(pid, signum)):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            send()
-
-
-def _kill(processes: Iterable[psutil.Process]) -> None:
-    procs = list(processes)
-    for p in procs:
-        _signal_group(p.pid, signal.SIGKILL)
-    psutil.wait_procs(procs, timeout=5)
 
 
 def _gone(p: psutil.Process) -> bool:
@@ -364,6 +434,6 @@ def down(settings: Settings) -> int:
             f"killing pids {[p.pid for p in alive]}.",
             file=sys.stderr,
         )
-        _kill(alive)
+        stop_gracefully(alive, 0.0)
     print(f"sentiguard: stopped in {time.monotonic() - started:.1f} s")
     return ExitCode.OK

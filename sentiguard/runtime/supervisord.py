@@ -122,8 +122,12 @@ def _command(module: str, *args: str) -> str:
     return _ini_value(shlex.join([sys.executable, "-m", module, *args]))
 
 
-def render_supervisord_conf(settings: Settings) -> str:
-    """The supervisord config for these settings (written to `<run_dir>/supervisord.conf`)."""
+def render_supervisord_conf(settings: Settings, autostart: bool = True) -> str:
+    """The supervisord config for these settings (written to `<run_dir>/supervisord.conf`).
+
+    `autostart=False` is for a supervisord that takes over programs still running after
+    the last one died (`runtime.takeover`): it starts nothing by itself.
+    """
     logs = RunDir(settings).logs
     log_bytes = f"{int(settings.service.log_max_mb)}MB"
     backups = settings.service.log_backups
@@ -142,7 +146,7 @@ def render_supervisord_conf(settings: Settings) -> str:
             f"command = {command}",
             f"directory = {_ini_value(str(ROOT))}",
             f"priority = {PRIORITY[name]}",
-            "autostart = true",
+            f"autostart = {str(autostart).lower()}",
             "stopsignal = TERM",
             f"stopwaitsecs = {stopwait}",
             # Each child leads its own process group (supervisord calls setpgrp), so

@@ -9,12 +9,20 @@ is an `int` to mypy and at run time.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-Validator = Callable[[Any], str | None]
+from sentiguard.settings.validators import (
+    Validator,
+    mb_or_auto,
+    niceness,
+    non_negative,
+    one_of,
+    positive,
+    tcp_port,
+)
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 ENV_PREFIX = "SENTIGUARD_"
@@ -34,35 +42,6 @@ def env_name(section: str, key: str) -> str:
 def setting(default: Any, help: str, validator: Validator | None = None) -> Any:
     """A declared setting: its default, the help text in conf/ and the README, a validator."""
     return field(default=default, metadata={"help": help, "validator": validator})
-
-
-def positive(value: Any) -> str | None:
-    return None if value > 0 else "must be greater than 0"
-
-
-def non_negative(value: Any) -> str | None:
-    return None if value >= 0 else "must be 0 or more"
-
-
-def tcp_port(value: Any) -> str | None:
-    return None if 1 <= value <= 65535 else "must be a TCP port between 1 and 65535"
-
-
-def niceness(value: Any) -> str | None:
-    return None if 0 <= value <= 19 else "must be between 0 and 19"
-
-
-def mb_or_auto(value: Any) -> str | None:
-    if value == "auto" or (isinstance(value, int) and value > 0):
-        return None
-    return 'must be a number of MB greater than 0, or "auto"'
-
-
-def one_of(*choices: str) -> Validator:
-    def check(value: Any) -> str | None:
-        return None if value in choices else f"must be one of {', '.join(choices)}"
-
-    return check
 
 
 @dataclass(frozen=True)
@@ -168,6 +147,19 @@ class Gateway:
         "connection slots.",
         positive,
     )
+    body_timeout_s: float = setting(
+        20.0,
+        "Seconds a request body has from its header's end, plus 1 s for each "
+        "body_min_bytes_per_s bytes received (Apache mod_reqtimeout body=20,MinRate=500); "
+        "a slower body is answered 408 and closed, so trickling ones cannot hold slots.",
+        positive,
+    )
+    body_min_bytes_per_s: int = setting(
+        500,
+        "See body_timeout_s: the least rate a body must keep past it. 0: the whole body "
+        "within body_timeout_s.",
+        non_negative,
+    )
     breaker_open_s: float = setting(
         2.0,
         "How long a worker's breaker stays open before a half-open probe request.",
@@ -250,16 +242,16 @@ class Primary:
         "one lane of two on two cores (primary/batcher.py).",
         positive,
     )
+    precision: str = setting(
+        "auto",
+        "fp32, int8 (dynamic), bf16 (autocast) or auto: at start the fastest the CPU offers on "
+        "the probe and 2 x max_batch_size held-out reviews, refusing any moving p_positive > 0.05.",
+        one_of("auto", "fp32", "int8", "bf16"),
+    )
     quantize: str = setting(
-        "int8",
-        "Arithmetic of the model's Linear layers: int8 (torch dynamic quantisation, "
-        "applied at load, before the known-answer probe; model_version then ends in "
-        "+int8) or none (float32). Base-size StructBERT, one thread, batches of 16 "
-        "reviews: int8 ran 1.65x the float32 rate on a quiet machine (1.2-3.2x in noisy "
-        "runs; bench/int8.py measures 1 and 16 clients). Embedded model, held-out split: "
-        "accuracy 0.8335 int8 vs 0.8318 float32, largest probability change 0.015. Use "
-        "none to serve exact float32 answers.",
-        one_of("none", "int8"),
+        "auto",
+        "Old name of precision, read only while precision is auto: none = fp32, int8 = int8.",
+        one_of("auto", "none", "int8"),
     )
     server_threads: int = setting(
         32,
@@ -380,6 +372,13 @@ class Service:
         10,
         "How long `down` or Ctrl-C waits for processes to stop before killing them.",
         positive,
+    )
+    watchdog_down_limit_s: int = setting(
+        600,
+        "How long the watchdog may be down (FATAL, restarted by `up` with backoff) before "
+        "`up` stops the whole service and exits 69 so the service manager restarts it; "
+        "0 never does. Without a watchdog the service answers, but no worker is restarted.",
+        non_negative,
     )
 
 

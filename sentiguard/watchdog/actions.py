@@ -18,18 +18,18 @@ from dataclasses import replace
 from typing import Any
 
 from sentiguard.errors import ExitCode
-from sentiguard.watchdog.decisions import DecisionLog
-from sentiguard.watchdog.drain import GatewayLink
-from sentiguard.watchdog.policy import Action, Cause, Decision, Phase, Policy, WorkerRecord
-from sentiguard.watchdog.probe import ProbePool
-from sentiguard.watchdog.recycle import Recycler, StartOutcome, load_failure
-from sentiguard.watchdog.reports import worker_report
-from sentiguard.watchdog.supervisor_client import (
+from sentiguard.runtime.drain import GatewayLink
+from sentiguard.runtime.recycle import Recycler, StartOutcome, load_failure
+from sentiguard.runtime.supervisor_client import (
     ProcessInfo,
     ProcessState,
     SupervisorClient,
     SupervisorUnavailable,
 )
+from sentiguard.watchdog.decisions import DecisionLog
+from sentiguard.watchdog.policy import Action, Cause, Decision, Phase, Policy, WorkerRecord
+from sentiguard.watchdog.probe import ProbePool
+from sentiguard.watchdog.reports import worker_report
 
 
 def exit_reason(exitstatus: int) -> str:

@@ -38,6 +38,7 @@ from typing import Any
 
 from sentiguard.errors import ExitCode
 from sentiguard.runtime.memory import MemorySample
+from sentiguard.runtime.recycle import START_CAP_FACTOR
 from sentiguard.settings import Settings
 from sentiguard.watchdog.limits import AUTO, MemoryLimits, derive
 from sentiguard.watchdog.probe import LiveResult, ProbeResult
@@ -45,7 +46,6 @@ from sentiguard.watchdog.probe import LiveResult, ProbeResult
 # A loading worker burns CPU (imports, weights); a stuck one does not. One CPU-second per
 # start window tells them apart even on a host with several loads per core.
 START_PROGRESS_CPU_S = 1.0
-START_CAP_FACTOR = 8
 # The known-answer check rides the urgent lane, so it waits for at most one running batch
 # per lane and then runs its own two short texts: 3 of the worker's longest recent batches
 # cover that with room for a host where both workers share the cores.

@@ -16,7 +16,6 @@ threads (`ProbePool`), so a hung worker delays no one else.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sentiguard.runtime.endpoints import WORKER_HOST
+from sentiguard.runtime.endpoints import WORKER_HOST, probe_error
 from sentiguard.runtime.net import get_json
 from sentiguard.watchdog.limits import MemoryProfile
 
@@ -94,24 +93,6 @@ class LiveResult:
         return self.error == "timeout"
 
 
-@dataclass(frozen=True)
-class Readiness:
-    ready: bool
-    model_version: str | None = None
-    pid: int | None = None
-    error: str | None = None
-
-
-def _error_name(e: OSError) -> str:
-    if isinstance(e, TimeoutError):
-        return "timeout"
-    if isinstance(e, ConnectionRefusedError):
-        return "refused"
-    if isinstance(e.__cause__, http.client.HTTPException):
-        return "bad_response"  # get_json raises a malformed answer as an OSError
-    return type(e).__name__
-
-
 def _get(port: int, path: str, timeout_s: float) -> tuple[int, dict[str, Any] | None]:
     return get_json(WORKER_HOST, port, path, timeout_s)
 
@@ -127,7 +108,7 @@ def probe_health(port: int, timeout_s: float) -> ProbeResult:
         status, body = _get(port, "/health", timeout_s)
     except OSError as e:
         elapsed = _ms_since(started)
-        return ProbeResult(ok=False, probe_ms=elapsed, error=_error_name(e), rtt_ms=elapsed)
+        return ProbeResult(ok=False, probe_ms=elapsed, error=probe_error(e), rtt_ms=elapsed)
     elapsed = _ms_since(started)
     if status != 200:
         said = (body or {}).get("status")
@@ -181,7 +162,7 @@ def probe_live(port: int, timeout_s: float) -> LiveResult:
     try:
         status, body = _get(port, "/live", timeout_s)
     except OSError as e:
-        return LiveResult(False, _ms_since(started), _error_name(e))
+        return LiveResult(False, _ms_since(started), probe_error(e))
     elapsed = _ms_since(started)
     if status != 200 or body is None:
         return LiveResult(True, elapsed, None if status == 404 else f"status_{status}")
@@ -193,23 +174,6 @@ def probe_live(port: int, timeout_s: float) -> LiveResult:
         pid if isinstance(pid, int) else None,
         parse_progress(body.get("progress")),
         parse_memory(body.get("memory")),
-    )
-
-
-def probe_ready(port: int, timeout_s: float) -> Readiness:
-    """GET /ready. Never raises; `ready` is True only on 200 with `"ready": true`."""
-    try:
-        status, body = _get(port, "/ready", timeout_s)
-    except OSError as e:
-        return Readiness(False, error=_error_name(e))
-    if status != 200 or not body or body.get("ready") is not True:
-        reason = (body or {}).get("reason") or f"status_{status}"
-        return Readiness(False, error=str(reason))
-    pid = body.get("pid")
-    return Readiness(
-        True,
-        model_version=str(body.get("model_version")),
-        pid=pid if isinstance(pid, int) else None,
     )
 
 

@@ -22,23 +22,22 @@ from sentiguard import settings as settings_mod
 from sentiguard.errors import ExitCode, SettingsError
 from sentiguard.logs import exit_now
 from sentiguard.runtime import memory
+from sentiguard.runtime.drain import GatewayLink
+from sentiguard.runtime.endpoints import Readiness, probe_ready
+from sentiguard.runtime.recycle import Recycler
+from sentiguard.runtime.supervisor_client import SupervisorClient
 from sentiguard.settings import Settings
 from sentiguard.watchdog.actions import WorkerActions
 from sentiguard.watchdog.decisions import DecisionLog
-from sentiguard.watchdog.drain import GatewayLink
 from sentiguard.watchdog.policy import Policy
 from sentiguard.watchdog.probe import (
     Kind,
     LiveResult,
     ProbePool,
     ProbeResult,
-    Readiness,
     probe_health,
     probe_live,
-    probe_ready,
 )
-from sentiguard.watchdog.recycle import Recycler
-from sentiguard.watchdog.supervisor_client import SupervisorClient
 from sentiguard.watchdog.watch import Watch
 
 # An action (a drain, a stop) waits on the stop flag, so it ends soon after it is set; one

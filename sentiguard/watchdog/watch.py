@@ -23,22 +23,22 @@ import threading
 from collections.abc import Callable
 
 from sentiguard.runtime import memory
+from sentiguard.runtime.drain import GatewayLink
 from sentiguard.runtime.endpoints import worker_port
 from sentiguard.runtime.reload import ReloadLock, read_reload_lock
-from sentiguard.settings import Settings
-from sentiguard.watchdog import counters
-from sentiguard.watchdog.actions import WorkerActions
-from sentiguard.watchdog.decisions import DecisionLog
-from sentiguard.watchdog.drain import GatewayLink
-from sentiguard.watchdog.policy import Action, Cause, Decision, Phase, Policy, WorkerRecord
-from sentiguard.watchdog.probe import Kind, ProbePool
-from sentiguard.watchdog.reports import summary, worker_report
-from sentiguard.watchdog.supervisor_client import (
+from sentiguard.runtime.supervisor_client import (
     ProcessInfo,
     ProcessState,
     SupervisorClient,
     SupervisorUnavailable,
 )
+from sentiguard.settings import Settings
+from sentiguard.watchdog import counters
+from sentiguard.watchdog.actions import WorkerActions
+from sentiguard.watchdog.decisions import DecisionLog
+from sentiguard.watchdog.policy import Action, Cause, Decision, Phase, Policy, WorkerRecord
+from sentiguard.watchdog.probe import Kind, ProbePool
+from sentiguard.watchdog.reports import summary, worker_report
 
 
 class Watch:

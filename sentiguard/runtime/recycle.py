@@ -23,16 +23,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sentiguard.runtime.endpoints import worker_port
+from sentiguard.runtime.drain import GatewayLink, Routable
+from sentiguard.runtime.endpoints import Readiness, probe_ready, worker_port
 from sentiguard.runtime.memory import kill_tree
-from sentiguard.settings import Settings
-from sentiguard.watchdog.drain import GatewayLink, Routable
-from sentiguard.watchdog.probe import Readiness, probe_ready
-from sentiguard.watchdog.supervisor_client import (
+from sentiguard.runtime.supervisor_client import (
     ProcessState,
     SupervisorClient,
     SupervisorUnavailable,
 )
+from sentiguard.settings import Settings
+
+# No start waits longer than this many `watchdog.start_timeout_s` windows (the watchdog's
+# policy, a reload and `up`'s takeover alike), however busy the machine.
+START_CAP_FACTOR = 8
 
 
 @dataclass(frozen=True)
