@@ -81,7 +81,7 @@ def test_health_ready_status_answer_from_held_state() -> None:
         ready = client.get("/ready")
         assert ready.status_code == 200 and ready.get_json()["primary_ready"] is True
         status = client.get("/status").get_json()
-        assert list(status) == ["workers", "fallback", "watchdog", "gateways"]
+        assert list(status) == ["workers", "fallback", "watchdog", "gateways", "programs"]
         first = status["workers"][0]
         for key in ("name", "pid", "port", "state", "ready", "rss_mb", "uss_mb"):
             assert key in first

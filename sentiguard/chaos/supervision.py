@@ -193,19 +193,23 @@ def supervisord_kill(
     return result
 
 
-def up_kill_then_down(service: ServiceHandle) -> Result:
-    """SIGKILL `up`, then `sentiguard down`; what `down` said and how long it took."""
+def up_kill_then_down(service: ServiceHandle, clients: int = 8) -> Result:
+    """SIGKILL `up` under `clients` closed-loop clients, then `sentiguard down` (the load
+    still running): what `down` said, how long it took, and whether it killed anything."""
     start = time.monotonic()
     programs = [p for p in service.tree() if p.pid != service.proc.pid]
-    os.kill(service.proc.pid, signal.SIGKILL)
-    service.proc.wait()
     graceful = float(service.settings.service.graceful_timeout_s)
-    at = time.monotonic()
-    down = service.cli("down", timeout=graceful + 30)
-    down_s = time.monotonic() - at
-    result = Result("up_kill_then_down", time.monotonic() - start, [])
+    with Load(service.port, clients) as load:
+        wait_for_traffic(service, 50)
+        os.kill(service.proc.pid, signal.SIGKILL)
+        service.proc.wait()
+        at = time.monotonic()
+        down = service.cli("down", timeout=graceful + 30)
+        down_s = time.monotonic() - at
+    result = Result("up_kill_then_down", time.monotonic() - start, load.snapshot())
     output = (down.stdout + down.stderr).strip()
     result.extra.update(
+        clients=clients,
         down_exit=down.returncode,
         down_s=round(down_s, 2),
         killed_by_down="killing pids" in output,
