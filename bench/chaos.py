@@ -27,6 +27,15 @@ and counts refused connections and lost requests against those in flight on it;
 
     .venv/bin/python bench/chaos.py --only gateway_kill,stop_under_load
 
+`gateway_churn` (issue 16) SIGKILLs a gateway process every `--churn-every-s` (4) s for
+`--churn-s` (40) s under 8 clients while a probe times /metrics; `supervisord_kill` SIGKILLs
+supervisord under 8 clients and times how long until every program runs under the new one
+and every worker is ready; `up_kill_then_down` (on a service of its own) SIGKILLs `up` under
+8 clients, then runs `sentiguard down` and says whether it had to kill anything
+(sentiguard/chaos/supervision.py).
+
+    .venv/bin/python bench/chaos.py --only gateway_churn,supervisord_kill,up_kill_then_down
+
 `up_restart` (issue 16) restarts `sentiguard up` itself `--up-restarts` (3) times under
 `--up-restart-clients` (8) clients, first under socket activation (systemd-socket-activate
 holds the socket across restarts), then with each `up` binding its own, and counts refused
@@ -53,7 +62,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sentiguard.chaos import activation, capacity, floods, slow_bodies
+from sentiguard.chaos import activation, capacity, floods, slow_bodies, supervision
 from sentiguard.chaos import gateways as gateway_faults
 from sentiguard.chaos import scenarios as chaos
 from sentiguard.chaos.reloads import reload_under_load
@@ -73,9 +82,12 @@ SCENARIOS = (
     "flood",
     "slow_body",
     "gateway_kill",
+    "gateway_churn",
+    "supervisord_kill",
     "reload",
     "stop_under_load",
     "up_restart",
+    "up_kill_then_down",
 )
 
 
@@ -172,7 +184,8 @@ def run(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
         overrides["gateway.processes"] = args.gateway_processes
     results = []
     # stop_under_load ends the shared service: last of those that use it.
-    healing = [s for s in only if s not in ("broken_model", "stop_under_load", "up_restart")]
+    own_service = ("broken_model", "stop_under_load", "up_restart", "up_kill_then_down")
+    healing = [s for s in only if s not in own_service]
     if "stop_under_load" in only:
         healing.append("stop_under_load")
     if healing:
@@ -201,6 +214,12 @@ def run(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
                     r = gateway_faults.gateway_kill(
                         svc, clients=args.gateway_clients, after_s=args.gateway_kill_s
                     )
+                elif name == "gateway_churn":
+                    r = supervision.gateway_churn(
+                        svc, duration_s=args.churn_s, every_s=args.churn_every_s
+                    )
+                elif name == "supervisord_kill":
+                    r = supervision.supervisord_kill(svc)
                 elif name == "stop_under_load":
                     r = gateway_faults.stop_under_load(svc, clients=args.stop_clients)
                 elif name == "reload":
@@ -222,6 +241,12 @@ def run(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
         )
         try:
             results.append(report(chaos.broken_model(svc, window_s=args.broken_s)))
+        finally:
+            svc.stop()
+    if "up_kill_then_down" in only:
+        svc = start_service(workdir / "up-kill", workers=args.workers, overrides=overrides)
+        try:
+            results.append(report(supervision.up_kill_then_down(svc)))
         finally:
             svc.stop()
     if "up_restart" in only:
@@ -256,6 +281,12 @@ def main() -> int:
     parser.add_argument("--broken-s", type=float, default=90.0, help="broken-model watch window")
     parser.add_argument(
         "--memory-limit-mb", type=int, help="watchdog.memory_limit_mb (default: auto)"
+    )
+    parser.add_argument(
+        "--churn-s", type=float, default=40.0, help="gateway_churn: how long the kills go on"
+    )
+    parser.add_argument(
+        "--churn-every-s", type=float, default=4.0, help="gateway_churn: seconds between kills"
     )
     parser.add_argument("--gateway-clients", type=int, default=16, help="gateway_kill clients")
     parser.add_argument(

@@ -8,7 +8,11 @@ fields each `decide(...)` call passes, plus `ts`, `event`, `worker`, `pid`, `rea
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +34,7 @@ from sentiguard.gateway.history import POINTS, Ring
 from sentiguard.gateway.incidents import MAX_TEXT, DecisionHistory, group
 from sentiguard.runtime import control
 from sentiguard.runtime.control import ControlClient
+from sentiguard.runtime.paths import RunDir, write_atomic
 from tests.gateway_helpers import FakeFallback, ListLog, make_settings
 
 CHROMIUM = "/usr/bin/chromium"
@@ -414,6 +419,30 @@ def report_to_gateway(run_dir: Path) -> None:
     assert client.request("PUT", "/control/watchdog", body)[0] == 200
 
 
+@contextlib.contextmanager
+def report_programs(run_dir: Path, problem: str) -> Iterator[None]:
+    """Rewrite <run_dir>/programs.json every 0.5 s with `problem`, as `up` would."""
+    settings = settings_mod.load(None, environ={}, overrides={"service.run_dir": str(run_dir)})
+    path = RunDir(settings).programs_report
+    stop = threading.Event()
+
+    def write() -> None:
+        while True:
+            report = {"updated": time.time(), "programs": [], "problems": [problem]}
+            write_atomic(path, json.dumps(report))
+            if stop.wait(0.5):
+                return
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5)
+        path.unlink(missing_ok=True)
+
+
 @pytest.mark.browser
 @pytest.mark.integration
 def test_ops_page_asks_for_the_key_then_draws_charts_table_and_timeline(
@@ -447,6 +476,13 @@ def test_ops_page_asks_for_the_key_then_draws_charts_table_and_timeline(
     ]
     # A few samples in, the limit line crosses the memory chart.
     wait_for(browser, lambda d: d.execute_script(LIMIT_PIXELS) > 50)
+
+    # `up` reports a gateway process it keeps restarting: the page says so, in its words.
+    problem = "gateway_1 is FATAL; `up` restarts it in 38 s (restart 4)"
+    with report_programs(run_dir, problem):
+        wait_for(browser, lambda d: problem in d.find_element(By.ID, "program-problems").text)
+        assert browser.find_element(By.ID, "program-problems").is_displayed()
+        wait_for(browser, lambda d: problem in d.find_element(By.ID, "ops-status").text)
     assert browser.execute_script("return localStorage.getItem('sentiguard.apiKey')") == KEY
 
     browser.execute_cdp_cmd(

@@ -369,6 +369,40 @@ def test_status_table_shows_workers_fallback_and_decisions(tmp_path: Path) -> No
     assert "t7 recycle primary_0 memory restart uss_mb=1307" in text
 
 
+def test_status_shows_the_programs_up_keeps_and_their_problems() -> None:
+    report = {
+        "age_s": 0.4,
+        "stale": False,
+        "programs": [
+            {
+                "name": "gateway_0",
+                "state": "RUNNING",
+                "starts_in_window": 1,
+                "crash_loop": False,
+                "restarts_by_up": 0,
+                "next_restart_in_s": None,
+            },
+            {
+                "name": "gateway_1",
+                "state": "FATAL",
+                "starts_in_window": 5,
+                "crash_loop": True,
+                "restarts_by_up": 3,
+                "next_restart_in_s": 38.5,
+            },
+        ],
+        "problems": ["gateway_1 is FATAL; `up` restarts it in 38 s (restart 4)"],
+    }
+    lines = status_cmd.render_status({**STATUS, "programs": report}, []).splitlines()
+    assert "programs kept by `up` (report 0.4 s old)" in lines
+    assert any(line.split() == ["gateway_1", "FATAL", "5", "yes", "3", "38"] for line in lines)
+    assert any(line.split() == ["gateway_0", "RUNNING", "1", "no", "0", "-"] for line in lines)
+    assert "  problem: gateway_1 is FATAL; `up` restarts it in 38 s (restart 4)" in lines
+    stale = status_cmd.render_status({**STATUS, "programs": {**report, "stale": True}}, [])
+    assert "STALE" in stale
+    assert "no report (is `up` running?)" in status_cmd.render_status(STATUS, [])
+
+
 def test_status_reads_the_gateway(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`status` asks /status over HTTP; --json prints it unchanged."""
     import threading

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+
 import pytest
 
 from sentiguard.chaos import supervision

@@ -218,6 +218,8 @@ class OpsHistory:
             "workers": workers,
             "fallback": status["fallback"],
             "watchdog": {k: v for k, v in watchdog.items() if k != "decisions"},
+            # What `up` keeps (gateway processes, watchdog): None when not run under `up`.
+            "programs": status["programs"],
             # Newest first: the page shows the latest at the top.
             "incidents": [i.to_json() for i in reversed(incidents)],
         }

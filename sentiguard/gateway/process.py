@@ -90,7 +90,9 @@ class GatewayProcess:
         state.process.name = sv.gateway_process_name(self.index)
         if os.environ.get("SUPERVISOR_ENABLED"):  # set by supervisord in its children
             state.process.restarts = sv.restarts(self.settings).get(state.process.name, 0)
-            state.programs_path = RunDir(self.settings).programs_report
+        # `up` writes it while it runs and removes it on its way out; one left behind by a
+        # killed `up` reads as stale, which is what the operator needs to hear.
+        state.programs_path = RunDir(self.settings).programs_report
         ceiling = self.settings.gateway.max_in_flight_per_worker
         state.pool.max_in_flight = capacity_share(ceiling, processes, self.index)
         if processes > 1:

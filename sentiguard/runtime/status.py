@@ -127,6 +127,24 @@ def process_rows(
     return rows
 
 
+def programs_lines(report: dict[str, Any] | None) -> list[str]:
+    """What `up` keeps (`runtime.escalation`): each gateway process and the watchdog with its
+    supervisord state, starts in the crash-loop window, restarts `up` made and the wait
+    before the next, then every problem in words."""
+    if not report:
+        return ["programs kept by `up`: no report (is `up` running?)"]
+    stale = " STALE: `up` has not written it since; is it running?" if report.get("stale") else ""
+    columns = ["name", "state", "starts_in_window", "crash_loop", "restarts_by_up"]
+    rows = [
+        [_cell(p.get(c)) for c in columns] + [_cell(p.get("next_restart_in_s"))]
+        for p in report.get("programs") or []
+    ]
+    lines = [f"programs kept by `up` (report {_cell(report.get('age_s'))} s old){stale}"]
+    lines += ["  " + r.rstrip() for r in _table([*columns, "next_restart_in_s"], rows)]
+    lines += [f"  problem: {problem}" for problem in report.get("problems") or []]
+    return lines
+
+
 def render_status(
     status: dict[str, Any],
     decisions: list[dict[str, Any]],
@@ -168,6 +186,7 @@ def render_status(
     ]
     lines.append("processes")
     lines += ["  " + r.rstrip() for r in _table(["name", "pid", "uptime", "restarts"], prow)]
+    lines += programs_lines(status.get("programs"))
     for section in ("fallback", "watchdog"):
         # The decisions are shown below, from the watchdog's own log.
         info = {k: v for k, v in (status.get(section) or {}).items() if k != "decisions"}

@@ -117,6 +117,22 @@ function serviceLine(data) {
       ? bi("span", "warn-text", "看门狗无报告", "watchdog silent")
       : bi("span", null, "看门狗", `watchdog pid ${dog.pid}`),
   );
+  // What `up` reports about the gateway processes and the watchdog it keeps: each problem
+  // (a FATAL program and when `up` restarts it, a crash loop) in its own line.
+  const problems = programProblems(data);
+  $("program-problems").hidden = problems.length === 0;
+  $("program-problems").replaceChildren(...problems.map((text) => {
+    const item = el("li", "warn-text", text);
+    item.lang = "en";
+    return item;
+  }));
+}
+
+function programProblems(data) {
+  const report = data.programs;
+  if (!report) return [];
+  if (report.stale) return [`\`up\` has not reported for ${Math.round(report.age_s)} s: is it running?`];
+  return report.problems || [];
 }
 
 function renderTimeline(incidents) {
@@ -150,7 +166,9 @@ function render(data) {
   for (const id of ["window-min", "window-min-en"]) $(id).textContent = data.window_s / 60;
   const down = data.workers.filter((w) => w.state !== "ready").map((w) => `${w.name} ${w.state}`);
   const at = new Date(data.now * 1000).toLocaleTimeString("en-GB", { hour12: false });
+  const problems = programProblems(data);
   if (data.watchdog.stale) setStatus("warn", "看门狗无报告", `Watchdog silent · ${at}`);
+  else if (problems.length) setStatus("warn", "进程异常", `${problems[0]} · ${at}`);
   else if (down.length) setStatus("warn", "降级", `Degraded: ${down.join(", ")} · ${at}`);
   else setStatus("ok", "正常", `All workers ready · ${at}`);
   document.documentElement.dataset.opsRendered = String(++rendered);
