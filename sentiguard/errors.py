@@ -20,10 +20,12 @@ class ExitCode(IntEnum):
     # it will not help; the watchdog parks it instead of hammering it (gunicorn's
     # APP_LOAD_ERROR plays the same role).
     MODEL_LOAD_ERROR = 4
-    # `sentiguard up` stopped the service because a gateway process or the watchdog went
-    # FATAL in supervisord (it could not start, again and again) or kept crashing: the
-    # service cannot serve as configured, so the service manager (systemd Restart=on-failure,
-    # Docker --restart, Kubernetes) restarts the whole of it. EX_UNAVAILABLE from sysexits.h.
+    # `sentiguard up` stopped the service because it could no longer answer: every gateway
+    # process FATAL in supervisord at once (none could start, again and again), or the
+    # watchdog down past service.watchdog_down_limit_s. A single failing gateway process or
+    # watchdog is restarted by `up` with backoff instead (runtime.escalation). The service
+    # manager (systemd Restart=on-failure, Docker --restart, Kubernetes) restarts the whole
+    # of it. EX_UNAVAILABLE from sysexits.h.
     PROGRAM_FATAL = 69
     CONFIG_ERROR = 78  # EX_CONFIG from sysexits.h
 

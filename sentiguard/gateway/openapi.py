@@ -42,6 +42,8 @@ _ERROR_TEXT = {
 # What the HTTP server refuses before the app sees a request (http_server.describe_error).
 _REFUSED = {
     400: "malformed HTTP, refused by the HTTP server before any route",
+    408: "the body came slower than gateway.body_min_bytes_per_s once gateway.body_timeout_s "
+    "had passed (`body_too_slow`); the connection is closed",
     413: "body larger than gateway.max_body_bytes",
     431: "request header too large",
     501: "a Transfer-Encoding other than chunked",

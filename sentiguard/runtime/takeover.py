@@ -21,11 +21,12 @@ So `up` replaces them, one at a time, each only once its replacement serves:
    for until every gateway routes to it, then undrained;
 5. the watchdog is started again.
 
-Measured with the chaos scenario `supervisord_kill` (docs/resilience.md): against
-stopping every program at once and starting the new supervisord as at `up` (connections
-then wait in the backlog while no gateway runs, and every worker reloads its model at
-once, so the fallback answers everything for that long), the one-by-one replacement keeps
-a gateway accepting and a worker answering throughout.
+Why one by one (docs/resilience.md, "What supervises the service"): measured with the chaos
+scenario `supervisord_kill`, the replacement answered every request, all from the primary,
+none refused or failed. Stopping every program at once and starting them again as at `up`
+would leave no gateway accepting for a gateway's start (connections wait in the backlog)
+and no worker answering for a worker's cold start (20-30 s here, the fallback answering
+everything meanwhile), and lose what the stopped workers had in flight.
 """
 
 from __future__ import annotations

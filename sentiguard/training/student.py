@@ -45,6 +45,8 @@ def encode(tokenizer: BertTokenizerFast, texts: Sequence[str], max_length: int) 
 
 
 def build_model(recipe: Recipe, vocab_size: int) -> Any:
+    """StructBERT for sequence classification; with `recipe.ngram_c`, the subclass with the
+    n-gram term (its weights are set by the caller)."""
     from modelscope.models.nlp.structbert import SbertConfig, SbertForSequenceClassification
 
     config = SbertConfig(
@@ -63,6 +65,11 @@ def build_model(recipe: Recipe, vocab_size: int) -> Any:
         label2id=dict(LABEL2ID),
         num_labels=len(ID2LABEL),
     )
+    if recipe.ngram_c is not None:
+        from sentiguard.primary.ngram_head import BUCKETS, SbertWithNgrams
+
+        config.ngram_buckets = BUCKETS
+        return SbertWithNgrams(config)
     return SbertForSequenceClassification(config)
 
 
@@ -95,8 +102,12 @@ def fit(
     soft: Sequence[float] | None,
     recipe: Recipe,
     on_epoch: Callable[[int, Any], None] | None = None,
+    offsets: Sequence[float] | None = None,
 ) -> None:
-    """Train `model` in place; ends with the average of the last `average_last` epochs."""
+    """Train `model` in place; ends with the average of the last `average_last` epochs.
+
+    `offsets` (one per input) replace the n-gram head's term in training
+    (`SbertWithNgrams.forward(ngram_offset=...)`)."""
     import torch
 
     rng = random.Random(recipe.seed)
@@ -117,6 +128,7 @@ def fit(
     scheduler = warmup_cosine(optimizer, total, recipe.warmup_fraction)
     y_hard = torch.tensor(list(labels), dtype=torch.long)
     y_soft = torch.tensor(list(soft), dtype=torch.float) if soft is not None else None
+    g = torch.tensor(list(offsets), dtype=torch.float) if offsets is not None else None
     snapshots: list[dict[str, torch.Tensor]] = []
     bar = progress(total, "train primary")
     step = 0
@@ -125,9 +137,10 @@ def fit(
         running = 0.0
         for n, rows in enumerate(length_batches(lengths, recipe.batch_size, rng)):
             input_ids, mask = pad([ids[i] for i in rows])
-            logits = model(input_ids=input_ids, attention_mask=mask).logits
-            log_p = torch.log_softmax(logits, dim=-1)
             index = torch.tensor(rows)
+            extra = {} if g is None else {"ngram_offset": g[index]}
+            logits = model(input_ids=input_ids, attention_mask=mask, **extra).logits
+            log_p = torch.log_softmax(logits, dim=-1)
             loss = torch.nn.functional.nll_loss(log_p, y_hard[index])
             if y_soft is not None and recipe.distill_weight > 0:
                 p_pos = y_soft[index]
