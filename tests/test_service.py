@@ -6,6 +6,7 @@ refusals, the status table and its JSON errors, and (integration) the real lifec
 from __future__ import annotations
 
 import configparser
+import itertools
 import json
 import os
 import signal
@@ -571,7 +572,16 @@ def test_cli_finds_a_service_started_with_port_and_its_logs_stay_quiet(tmp_path:
         assert said in result.stderr
         result = svc.cli("status")
         assert result.returncode == 0 and "processes" in result.stdout, result.stderr
-        rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line}
+        text = result.stdout.split("\nprocesses\n", 1)[1]
+        processes, programs = text.split("\nprograms kept by `up`", 1)
+        rows = {line.split()[0]: line.split() for line in processes.splitlines() if line}
+        # What `up` keeps: every gateway process and the watchdog, RUNNING, no problem.
+        section = itertools.takewhile(lambda ln: ln.startswith("  "), programs.splitlines()[1:])
+        kept = {line.split()[0]: line.split() for line in list(section)[1:]}  # past the header
+        assert {name: row[1] for name, row in kept.items()} == {
+            **{g["name"]: "RUNNING" for g in body["gateways"]},
+            "watchdog": "RUNNING",
+        }, programs
         for g in body["gateways"]:  # every gateway process, with supervisord's restarts
             assert rows[g["name"]][1] == str(g["pid"]) and rows[g["name"]][3] == "0"
         assert rows["watchdog"][1] == str(body["watchdog"]["pid"])
