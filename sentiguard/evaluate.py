@@ -20,14 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sentiguard.data import (
-    Dataset,
-    combined_split,
-    read_file,
-    read_shopping,
-    shopping_path,
-    split,
-)
+from sentiguard.data import Dataset, read_file, split
 from sentiguard.errors import ExitCode, SentiguardError
 from sentiguard.settings import Settings
 
@@ -191,8 +184,9 @@ def eval_command(
 
 def _heldout(which: str, shopping: str | None) -> Dataset:
     if which == "shopping-heldout":
-        corpus = read_shopping(shopping_path(shopping))
-        return combined_split(corpus.data).shopping_heldout
+        from sentiguard.training.corpora import recipe_corpora
+
+        return recipe_corpora(shopping).heldout["shopping_heldout"]
     return split().heldout
 
 

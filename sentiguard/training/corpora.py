@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sentiguard.data import (
+    SHOPPING_EXCLUDED,
     SHOPPING_ORIGIN,
     SPLIT_SEED,
     Dataset,
@@ -87,7 +88,7 @@ def recipe_corpora(
                     "file_sha256": corpus.sha256,
                     "rows": corpus.rows,
                     "excluded_rows": corpus.excluded,
-                    "excluded_categories": ["酒店"],
+                    "excluded_categories": sorted(SHOPPING_EXCLUDED),
                     "empty_reviews_skipped": corpus.empty,
                 },
             ],
