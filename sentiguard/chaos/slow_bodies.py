@@ -2,8 +2,10 @@
 
 `slow_bodies` opens many connections from this process (its RLIMIT_NOFILE raised), each
 sending a whole request header that announces a large body (Content-Length), then one byte
-of it every `byte_every_s`, never the whole body. Meanwhile a prober asks as a new client
-(GET /health and POST /analyze, a new connection each) again and again. It watches how each
+of it every `byte_every_s`, never the whole body. Once they are all open, a prober asks as a
+new client (GET /health and POST /analyze, a new connection each) again and again: not
+before, or its own connections would take slots of the burst, and a gateway meant to be
+filled to its limit would be left a slot short. It watches how each
 slow connection ends: answered 408 by the gateway's body rate rule, answered 503 at once
 (the gateway was full), closed with no answer (evicted before its header was read), reset,
 refused at connect, or still open at the wait's end (closed by this process).
@@ -169,7 +171,6 @@ def slow_bodies(
     )
     sel = selectors.DefaultSelector()  # epoll: no 1024 ceiling
     start = time.monotonic()
-    prober.start()
     try:
         for _ in range(connections):
             try:
@@ -185,20 +186,19 @@ def slow_bodies(
             result.opened += 1
             result.bytes_sent += len(header) + 1
         result.open_s = time.monotonic() - start
-        held_from = time.monotonic()
+        prober.start()
         _watch(sel, result, payload, time.monotonic() + wait_close_s)
     finally:
         stop.set()
-        prober.join(30)
+        if prober.is_alive():
+            prober.join(30)
         result.survivors = len(sel.get_map())
         for key in list(sel.get_map().values()):
             sel.unregister(key.fileobj)
             key.fileobj.close()  # type: ignore[union-attr]
         sel.close()
     until = result.first_cut_at if result.first_cut_at is not None else float("inf")
-    result.answered_while_held = sum(
-        1 for a in result.during if a.sent_at >= held_from and a.sent_at + a.elapsed_s < until
-    )
+    result.answered_while_held = sum(1 for a in result.during if a.sent_at + a.elapsed_s < until)
     body = json.dumps({"text": TEXTS[0]}, ensure_ascii=False).encode()
     for _ in range(rounds_after):
         result.after.append(ask(port, "GET", "/health"))
