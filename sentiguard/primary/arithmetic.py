@@ -17,9 +17,10 @@ puts them in (a swap of module references), so the candidates of `primary.precis
 copy of the whole model. The chosen one stays installed; the others' layers are dropped.
 
 torch.ao's eager quantisation is deprecated in favour of torchao, but torchao's int8
-(eager or through torch.compile) and ONNX Runtime's were measured no faster on these
-CPUs (docs/primary-model.md); the deprecation warnings are silenced here because an
-operator can do nothing about them (and tests turn warnings into errors).
+(eager or through torch.compile) and ONNX Runtime's were measured slower than bf16 or
+drifting as far as this int8 (docs/primary-model.md, "Other int8 paths"); the deprecation
+warnings are silenced here because an operator can do nothing about them (and tests turn
+warnings into errors).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sentiguard.errors import ModelLoadError
-from sentiguard.primary.precision import VERSION_SUFFIX
+from sentiguard.primary.precision import LENGTH_MULTIPLE, VERSION_SUFFIX
 
 if TYPE_CHECKING:
     import torch
@@ -211,6 +211,8 @@ class PrimaryModel:
         import torch
 
         longest = max(len(ids) for ids in batch)
+        multiple = LENGTH_MULTIPLE.get(self.precision, 1)
+        longest = min(-(-longest // multiple) * multiple, max(self.sequence_length, longest))
         pad = self.tokenizer.pad_token_id or 0
         input_ids = torch.full((len(batch), longest), pad, dtype=torch.long)
         mask = torch.zeros((len(batch), longest), dtype=torch.long)

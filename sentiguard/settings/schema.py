@@ -245,7 +245,7 @@ class Primary:
     precision: str = setting(
         "auto",
         "fp32, int8 (dynamic), bf16 (autocast) or auto: at start the fastest the CPU offers on "
-        "the probe and 2 x max_batch_size held-out reviews, refusing any moving p_positive > 0.05.",
+        "the probe and 2 x max_batch_size held-out reviews, refusing any moving p_positive > 0.2.",
         one_of("auto", "fp32", "int8", "bf16"),
     )
     quantize: str = setting(
