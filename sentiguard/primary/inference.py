@@ -211,8 +211,9 @@ class PrimaryModel:
         import torch
 
         longest = max(len(ids) for ids in batch)
-        multiple = LENGTH_MULTIPLE.get(self.precision, 1)
-        longest = min(-(-longest // multiple) * multiple, max(self.sequence_length, longest))
+        # bf16: lengths in steps, so oneDNN reuses its kernels (precision.LENGTH_MULTIPLE).
+        step = LENGTH_MULTIPLE.get(self.precision, 1)
+        longest = max(longest, min(-(-longest // step) * step, self.sequence_length))
         pad = self.tokenizer.pad_token_id or 0
         input_ids = torch.full((len(batch), longest), pad, dtype=torch.long)
         mask = torch.zeros((len(batch), longest), dtype=torch.long)

@@ -42,16 +42,16 @@ VERSION_SUFFIX = {"fp32": "", "int8": "+int8", "bf16": "+bf16"}
 # padding, so answers do not change). bf16's matrix products run in oneDNN, which builds
 # (JIT-compiles) a kernel for every new shape and keeps a bounded number: a review's own
 # length gives up to 128 lengths x 32 batch sizes, more than it keeps, and serving the
-# embedded model's varied reviews through the batcher ran at 0.56x of the same texts in
-# repeated shapes. fp32 (MKL) and int8 (fbgemm) need no kernel per shape: padding would
-# only cost them compute.
+# embedded model's varied reviews through the batcher ran at 0.42-0.56x of a few texts in
+# repeated shapes (docs/primary-model.md, "Precision"). fp32 (MKL) and int8 (fbgemm) need
+# no kernel per shape: padding would only cost them compute.
 LENGTH_MULTIPLE = {"bf16": 16}
 # The largest change of one calibration answer (p_positive) a lossy candidate may make.
 # It separates rounding from arithmetic that changes the answers. A trained model's
 # rounding stays far below it (embedded model: int8 0.004-0.006, bf16 0.001-0.002). The
 # base-size stand-in's random encoder gives [CLS] states that differ little between texts,
 # so its fitted head magnifies every rounding: on an Intel Xeon with AMX its bf16 moved
-# answers by 0.13-0.16 (1-2 of 256 held-out labels flipped) and its int8 by 0.51-0.96 (44 of
+# answers by 0.12-0.18 (0-2 of 256 held-out labels flipped) and its int8 by 0.51-0.96 (44 of
 # 256 flipped, refused). An arithmetic that swaps or garbles answers moves them towards
 # 1 and fails the probe besides. bench/precision.py prints both models' drift.
 MAX_DRIFT = 0.2
