@@ -100,7 +100,7 @@ def test_merge_sums_counts_and_lists_every_gateway() -> None:
     away = {"gateway": {"name": "gateway_2", "index": 2, "pid": None, "reachable": False}}
     merged = merge(own, [away, sibling])
     assert merged["workers"][0]["in_flight"] == 5
-    assert merged["workers"][0]["ready"] is True  # the answering process's own view
+    assert merged["workers"][0]["ready"] is True  # no process that answered says otherwise
     assert merged["fallback"] == {
         "capacity": 128,
         "in_use": 5,
@@ -113,6 +113,22 @@ def test_merge_sums_counts_and_lists_every_gateway() -> None:
         ("gateway_2", None),
     ]
     assert own["workers"][0]["in_flight"] == 2  # the body given is left alone
+
+
+def test_merge_says_ready_only_when_every_answering_gateway_routes_to_the_worker() -> None:
+    own: dict[str, Any] = {
+        "workers": [{"name": "primary_0", "in_flight": 0, "ready": True, "reason": None}],
+        "gateways": [{"name": "gateway_0", "index": 0, "pid": 10, "reachable": True}],
+    }
+    late = {
+        "gateway": {"name": "gateway_1", "index": 1, "pid": 11, "reachable": True},
+        "workers": {"primary_0": {"ready": False, "in_flight": 0}},
+    }
+    caught_up = {**late, "workers": {"primary_0": {"ready": True, "in_flight": 0}}}
+    away = {"gateway": {"name": "gateway_2", "index": 2, "pid": None, "reachable": False}}
+    worker = merge(own, [late, away])["workers"][0]
+    assert (worker["ready"], worker["reason"]) == (False, "not ready in gateway_1 yet")
+    assert merge(own, [caught_up, away])["workers"][0]["ready"] is True
 
 
 # --- the socket `up` holds ----------------------------------------------------------------

@@ -9,8 +9,12 @@ sibling's control socket (`GET /control/local`, `<run_dir>/control_I.sock`) and 
 - `fallback` `capacity`, `in_use`, `shed_total`: the sums;
 - `gateways`: one entry per process, `reachable: false` with `pid: null` for one that did not
   answer within `timeout_s` (dead, restarting, or stopped);
-- the rest (readiness, breakers, drains, the watchdog's report) from the answering process:
-  every process gets the same watchdog reports and polls the same workers.
+- per worker `ready`: true only when every process that answered routes to it. Each process
+  polls the workers on its own, so just after a worker starts (or heals) one may see it
+  ready half a second before another; a client's request may reach either, so "ready" means
+  ready for all of them, and `reason` names the process that does not route to it yet;
+- the rest (breakers, drains, the watchdog's report) from the answering process: every
+  process gets the same watchdog reports and polls the same workers.
 
 A sibling is asked with a short timeout and never about a worker, so /status still answers
 at once when a worker hangs; a stopped sibling costs at most `timeout_s` in all.
@@ -104,6 +108,9 @@ def merge(status: dict[str, Any], views: list[dict[str, Any]]) -> dict[str, Any]
             for key in ("in_flight", "capacity"):
                 if isinstance(worker.get(key), int) and isinstance(theirs.get(key), int):
                     worker[key] += theirs[key]
+            if worker.get("ready") and theirs.get("ready") is False:
+                worker["ready"] = False
+                worker["reason"] = f"not ready in {view['gateway']['name']} yet"
     fallback = merged.get("fallback", {})
     for view in answered:
         for key in ("capacity", "in_use", "shed_total"):

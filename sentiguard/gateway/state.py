@@ -195,9 +195,9 @@ class GatewayState:
 
     def local_view(self) -> dict[str, Any]:
         """What a sibling adds to its /status (`GET /control/local`): this process's
-        per-worker counts, its fallback, and itself."""
+        per-worker readiness and counts, its fallback, and itself."""
         workers = {
-            w["name"]: {k: w[k] for k in ("in_flight", "capacity") if k in w}
+            w["name"]: {k: w[k] for k in ("ready", "in_flight", "capacity") if k in w}
             for w in self.workers()
         }
         watchdog = self.watchdog.view()
