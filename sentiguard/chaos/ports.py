@@ -18,6 +18,7 @@ and the start fails. Two things make that impossible to hit by chance here:
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import os
 import tempfile
@@ -65,7 +66,10 @@ class PortBlock:
             except OSError:
                 f.close()
                 continue
-            self._file, self.first, self._next = f, first, first  # held until exit
+            self._file, self.first, self._next = f, first, first
+            # Held until exit; closed there, not left to the interpreter's teardown (which
+            # warns about the unclosed file after every test run).
+            atexit.register(f.close)
             return
         raise RuntimeError(f"every port block of {FIRST_PORT}-{LAST_PORT} is reserved")
 
