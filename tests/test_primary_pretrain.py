@@ -68,6 +68,8 @@ def test_corpus_is_news_then_the_training_reviews_never_the_heldout_ones() -> No
     }
     assert short_train <= reviews
     assert not set(parts.heldout.texts) & set(texts)
+    only_reviews = pretrain_mod.corpus(parts.train.texts, 126, None, news=False)
+    assert ["".join(c) for c in only_reviews] == texts[news:]
 
 
 def test_pretraining_lowers_the_masked_lm_loss(tmp_path: Path) -> None:

