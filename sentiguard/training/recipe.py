@@ -46,6 +46,9 @@ class Recipe:
     # Masked-LM pretraining before fine-tuning (sentiguard.training.pretrain): epochs over
     # People's Daily + the training reviews, whole-word masked at `mask_rate`.
     pretrain_epochs: int = 0
+    # What the masked LM reads: None = People's Daily + the training reviews; "reviews" =
+    # the training reviews alone (issue 17 trains on the review corpora and nothing else).
+    pretrain_text: str | None = None
     pretrain_lr: float = 1e-3
     mask_rate: float = 0.15
     average_last: int = 2  # average the weights at the end of the last N epochs
