@@ -62,7 +62,6 @@ def serve_per_request(port: int) -> None:
     from flask import Flask, jsonify, request
     from waitress import serve
 
-    from sentiguard.primary.inference import p_positive_from_output
     from sentiguard.primary.model import load_model
 
     settings = settings_mod.load()
@@ -72,7 +71,9 @@ def serve_per_request(port: int) -> None:
     @app.post("/predict")
     def predict() -> Any:
         texts = request.get_json(force=True)["texts"]
-        results = [{"p_positive": p_positive_from_output(model.pipeline(t))} for t in texts]
+        # predict_pipeline: pipeline(text) per text, under the chosen arithmetic's context
+        # (bf16 weights need autocast; a bare pipeline call fails on them).
+        results = [{"p_positive": p.p_positive} for p in model.predict_pipeline(texts)]
         return jsonify(results=results, pid=os.getpid())
 
     @app.get("/ready")

@@ -173,7 +173,7 @@ def check_models(settings: Settings) -> list[Result]:
             "fallback model",
             settings.fallback.model_dir,
             "fallback.model",
-            retrain="sentiguard train fallback",
+            retrain="sentiguard train fallback --shopping online_shopping_10_cats.csv",
             consistency=fallback_problem,
         ),
         check_model(
@@ -181,7 +181,7 @@ def check_models(settings: Settings) -> list[Result]:
             primary_dir,
             "primary.model",
             required=PRIMARY_FILES,
-            retrain="sentiguard train primary",
+            retrain="sentiguard train primary --shopping online_shopping_10_cats.csv",
             hub_id=source.hub_id,
             consistency=structbert_problem,
         ),

@@ -31,7 +31,8 @@ HUB_ID = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 
 FIX_RETRAIN = (
     "restore it with `git checkout -- models/primary` or rebuild it with "
-    "`sentiguard train primary`, or set primary.model to another model directory or hub id"
+    "`sentiguard train primary --shopping online_shopping_10_cats.csv` (README, Models), "
+    "or set primary.model to another model directory or hub id"
 )
 
 
