@@ -147,6 +147,7 @@ class FakeBuild:
             "standin_version": standin.STANDIN_VERSION,
             "seed": seed,
             "weights": {"bytes": 10},
+            "embedded_vocab_sha256": standin.embedded_vocab_sha256(),
         }
         (out / standin.MANIFEST_FILE).write_text(json.dumps(manifest), encoding="utf-8")
         return standin.BuildResult(out, 0.0, [1.0, 0.0], 1.0)
@@ -187,6 +188,11 @@ def test_a_stale_or_half_built_cache_is_rebuilt(
     assert len(fake.calls) == 3
     standin.ensure(target, seed=1)  # another seed is another model
     assert len(fake.calls) == 4
+    manifest = json.loads((target / standin.MANIFEST_FILE).read_text())
+    manifest["embedded_vocab_sha256"] = "0" * 64  # built from another embedded vocabulary
+    (target / standin.MANIFEST_FILE).write_text(json.dumps(manifest))
+    standin.ensure(target, seed=1)
+    assert len(fake.calls) == 5
     assert json.loads((target / standin.MANIFEST_FILE).read_text())["seed"] == 1
 
 

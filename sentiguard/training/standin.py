@@ -269,6 +269,7 @@ def _save(net: Any, out: Path, seed: int, p_probe: list[float], fit_accuracy: fl
         "kind": "primary",
         "standin_version": STANDIN_VERSION,
         "seed": seed,
+        "embedded_vocab_sha256": embedded_vocab_sha256(),
         "architecture": "modelscope SbertForSequenceClassification (StructBERT), base shape, "
         "random encoder, fitted head: a speed and memory stand-in, not a sentiment model",
         "shape": SHAPE.__dict__,
@@ -303,7 +304,9 @@ def is_current(directory: Path, seed: int = 0) -> bool:
     """Whether `directory` holds a complete stand-in of this version and seed.
 
     A directory only ever appears whole (renamed into place), so the manifest and the
-    weights' size are enough; nothing here imports torch or hashes 400 MB.
+    weights' size are enough; nothing here imports torch or hashes 400 MB. The embedded
+    model's vocabulary is the start of the stand-in's: retraining the embedded model makes
+    a cached stand-in stale.
     """
     try:
         manifest = json.loads((directory / MANIFEST_FILE).read_text(encoding="utf-8"))
@@ -314,7 +317,12 @@ def is_current(directory: Path, seed: int = 0) -> bool:
         manifest.get("standin_version") == STANDIN_VERSION
         and manifest.get("seed") == seed
         and manifest.get("weights", {}).get("bytes") == size
+        and manifest.get("embedded_vocab_sha256") == embedded_vocab_sha256()
     )
+
+
+def embedded_vocab_sha256() -> str:
+    return sha256_file(project_path(EMBEDDED_VOCAB))
 
 
 @contextlib.contextmanager
