@@ -4,7 +4,8 @@ Nothing here serves requests, and no serving module imports from here: training 
 the serving code (the model classes, the tokenizer) to build what serving loads.
 
 - `primary`: the StructBERT recipe and its command; `student` (model, fine-tuning loop),
-  `teacher` (out-of-fold TF-IDF soft labels), `augment` (crops, word-drop copies),
+  `ngrams` (the n-gram head's regression and its out-of-fold log-odds: the committed
+  recipe), `teacher` (out-of-fold TF-IDF soft labels), `augment` (crops, word-drop copies),
   `pretrain` (masked-LM, off by default), `batches` and `schedule` (shared by both loops),
   `recipe` (every number that decides the weights).
 - `fallback`: the fallback's recipe and command.
