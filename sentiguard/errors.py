@@ -9,6 +9,12 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+# The commands that rebuild the committed models, for every message that tells an operator
+# to retrain one (both read the shopping corpus, which is not in the repository: README,
+# "Models", says where it comes from).
+RETRAIN_FALLBACK = "sentiguard train fallback --shopping online_shopping_10_cats.csv"
+RETRAIN_PRIMARY = "sentiguard train primary --shopping online_shopping_10_cats.csv"
+
 
 class ExitCode(IntEnum):
     """Process exit codes a supervisor can tell apart."""

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sentiguard.doctor.report import Result, fail, ok, warn
+from sentiguard.errors import RETRAIN_FALLBACK, RETRAIN_PRIMARY
 from sentiguard.primary.source import resolve_source, sha256_file, with_reload_override
 from sentiguard.settings import ROOT, Settings
 
@@ -173,7 +174,7 @@ def check_models(settings: Settings) -> list[Result]:
             "fallback model",
             settings.fallback.model_dir,
             "fallback.model",
-            retrain="sentiguard train fallback --shopping online_shopping_10_cats.csv",
+            retrain=RETRAIN_FALLBACK,
             consistency=fallback_problem,
         ),
         check_model(
@@ -181,7 +182,7 @@ def check_models(settings: Settings) -> list[Result]:
             primary_dir,
             "primary.model",
             required=PRIMARY_FILES,
-            retrain="sentiguard train primary --shopping online_shopping_10_cats.csv",
+            retrain=RETRAIN_PRIMARY,
             hub_id=source.hub_id,
             consistency=structbert_problem,
         ),

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from sentiguard.data import Dataset
-from sentiguard.errors import DataError, ModelLoadError
+from sentiguard.errors import RETRAIN_FALLBACK, DataError, ModelLoadError
 from sentiguard.fallback.features import FeatureSpace
 from sentiguard.fallback.tokenizer import DEFAULT_TOKENIZER, TOKENIZERS, Tokenizer, warm_up
 
@@ -161,7 +161,7 @@ class FallbackModel:
         except OSError as e:
             raise ModelLoadError(
                 f"fallback model {path} cannot be read ({e.strerror}). Hint: run "
-                f"`sentiguard train fallback` or point fallback.model at a model directory.",
+                f"`{RETRAIN_FALLBACK}` or point fallback.model at a model directory.",
                 cause="missing",
             ) from e
         try:
@@ -184,7 +184,7 @@ class FallbackModel:
         except Exception as e:  # any unpickling problem means the same fix
             raise ModelLoadError(
                 f"fallback model {path} is corrupt or from another version ({e}). "
-                f"Hint: retrain it with `sentiguard train fallback`.",
+                f"Hint: retrain it with `{RETRAIN_FALLBACK}`.",
                 cause="corrupt",
             ) from e
         warm_up(name)

@@ -42,7 +42,7 @@ from typing import NoReturn
 from waitress.server import BaseWSGIServer, MultiSocketServer, create_server
 
 from sentiguard import settings as settings_mod
-from sentiguard.errors import ExitCode, ModelLoadError, SettingsError
+from sentiguard.errors import RETRAIN_FALLBACK, ExitCode, ModelLoadError, SettingsError
 from sentiguard.gateway.app import create_app, gateway_of
 from sentiguard.gateway.control_app import create_control_app
 from sentiguard.gateway.graceful import Drain, listeners
@@ -236,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "fallback_load_failed",
             cause=e.cause,
             reason=str(e),
-            fix="run `sentiguard train fallback`, or point fallback.model at a trained model",
+            fix=f"run `{RETRAIN_FALLBACK}`, or point fallback.model at a trained model",
         )
         return ExitCode.MODEL_LOAD_ERROR
     except OSError as e:

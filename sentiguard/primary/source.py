@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sentiguard.errors import ModelLoadError
+from sentiguard.errors import RETRAIN_PRIMARY, ModelLoadError
 from sentiguard.runtime.paths import RunDir
 from sentiguard.settings import load as load_settings
 from sentiguard.settings import project_path
@@ -30,9 +30,8 @@ TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "sentencepiece.bpe.model", "sp
 HUB_ID = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 
 FIX_RETRAIN = (
-    "restore it with `git checkout -- models/primary` or rebuild it with "
-    "`sentiguard train primary --shopping online_shopping_10_cats.csv` (README, Models), "
-    "or set primary.model to another model directory or hub id"
+    f"restore it with `git checkout -- models/primary` or rebuild it with `{RETRAIN_PRIMARY}` "
+    "(README, Models), or set primary.model to another model directory or hub id"
 )
 
 
