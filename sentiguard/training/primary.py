@@ -137,12 +137,11 @@ def save(
         json.dumps(configuration(recipe), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
     digest = sha256_file(out / WEIGHTS_FILE)
+    head = "" if recipe.ngram_c is None else " + n-gram TF-IDF head"
     manifest = {
         "name": MODEL_NAME,
         "kind": "primary",
-        "architecture": f"modelscope {type(model).__name__} (StructBERT"
-        + (")" if recipe.ngram_c is None else " + n-gram TF-IDF head)")
-        + ", from scratch",
+        "architecture": f"modelscope {type(model).__name__} (StructBERT{head}), from scratch",
         "weights": {
             "file": WEIGHTS_FILE,
             "sha256": digest,

@@ -257,10 +257,13 @@ def _save(net: Any, out: Path, seed: int, p_probe: list[float], fit_accuracy: fl
         json.dumps({"do_lower_case": True, "model_max_length": SHAPE.max_positions}) + "\n",
         encoding="utf-8",
     )
-    configuration = json.loads(project_path("models/primary/configuration.json").read_text())
-    configuration["sentiguard"] = {"trained_sequence_length": FIT_SEQUENCE_LENGTH}
-    # A plain StructBERT, whatever type the embedded model is (it carries an n-gram head).
-    configuration["model"] = {"type": "structbert"}
+    from sentiguard.training.primary import configuration as modelscope_configuration
+    from sentiguard.training.recipe import Recipe
+
+    # The embedded model's layout as a plain StructBERT (the embedded one carries an
+    # n-gram head, a model type of its own).
+    shape = Recipe(ngram_c=None, max_length=FIT_SEQUENCE_LENGTH)
+    configuration = modelscope_configuration(shape)
     (out / "configuration.json").write_text(
         json.dumps(configuration, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
