@@ -144,6 +144,14 @@ def test_fast_tokenizer_used_in_training_matches_modelscope_tokenizer(tmp_path: 
         assert fast(text, truncation=True, max_length=128)["input_ids"] == expected, text
 
 
+def test_encode_of_no_texts_is_no_ids(tmp_path: Path) -> None:
+    """A teacher-distilled recipe without crops or word drops encodes an empty list of
+    extra texts (the fast tokenizer alone raises IndexError on it)."""
+    tokenizer = student.make_tokenizer(vocab_mod.build_vocab(split().train.texts[:50]), tmp_path)
+    assert student.encode(tokenizer, [], 64) == []
+    assert len(student.encode(tokenizer, ["很好"], 64)) == 1
+
+
 def test_length_batches_cover_every_text_once() -> None:
     lengths = [random.Random(1).randint(3, 300) for _ in range(1000)]
     batches = length_batches(lengths, 32, random.Random(0))

@@ -41,6 +41,8 @@ def make_tokenizer(vocab_tokens: list[str], directory: Path) -> BertTokenizerFas
 
 
 def encode(tokenizer: BertTokenizerFast, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    if not texts:  # the fast tokenizer raises IndexError on an empty batch
+        return []
     return list(tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"])
 
 
